@@ -1,0 +1,24 @@
+"""Byte-level language model on the Python standard library's source (CPU, minutes).
+
+The embedded default job: `mmntp train` with no --config runs it.
+
+    mmntp train --config experiments/text_stdlib.py --workdir workdirs/text_stdlib
+    mmntp sample --workdir workdirs/text_stdlib --prompt "def "
+
+Expected: on a 2-core CPU about 4 minutes; train loss falls from ln(272) ≈ 5.6
+to about 1.6 nats/byte and held-out loss to about 1.7; greedy samples from
+"def " continue with Python-looking code (identifiers, colons, indentation).
+"""
+
+from mmntp_jax.config import CheckpointConfig, Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+
+def get_config() -> Config:
+    return Config(
+        name="text_stdlib",
+        model=ModelConfig(vocab_size=272, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=768, max_seq_len=2048),
+        data=DataConfig(source="stdlib", eval_fraction=0.02),
+        optim=OptimConfig(lr=3e-3, schedule="cosine", warmup_steps=30, weight_decay=0.1),
+        checkpoint=CheckpointConfig(every=100, keep=2),
+        train=TrainConfig(steps=400, batch_size=16, seq_len=256, eval_every=100, eval_batches=4, log_every=10),
+    )

@@ -1,0 +1,359 @@
+"""Frozen dataclass configs, experiment loading, overrides and validation.
+
+An experiment is a Python file exposing `get_config() -> Config`. Overrides are
+`section.key=value` strings, parsed against the field's declared type. Every
+error is a `ConfigError` whose message is one line naming the key and the
+valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the key and what is valid."""
+
+
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+ATTENTION_IMPLS = ("xla", "reference", "blockwise")
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only transformer. HF Llama naming; head_dim 0 = d_model // n_heads."""
+
+    vocab_size: int = 256 + 16
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    head_dim: int = 0
+    d_ff: int = 1024
+    rope_theta: float = 10000.0
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention: str = "xla"
+    attention_block: int = 512
+    remat: str = "none"
+    scan_layers: bool = True
+    max_seq_len: int = 8192
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training tokens come from."""
+
+    source: str = "stdlib"
+    path: str = ""
+    eval_fraction: float = 0.02
+    shuffle_buffer: int = 1024
+    pack_window: int = 64
+    num_workers: int = 0
+    read_threads: int = 2
+    mixture: tuple = ()
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with decoupled weight decay, a schedule and global-norm clipping."""
+
+    lr: float = 3e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 50
+    decay_fraction: float = 0.2
+    min_lr_ratio: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0
+    grad_accum: int = 1
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh shape over ("data", "fsdp", "tensor", "sequence"); -1 fills."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    sequence: int = 1
+
+    def axis_sizes(self) -> dict[str, int]:
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor, "sequence": self.sequence}
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """orbax checkpointing: save every N steps (and at the last), keep the last K."""
+
+    every: int = 200
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: steps, global batch, sequence length, seed, logging and eval."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    seq_len: int = 256
+    seed: int = 0
+    z_loss: float = 1e-4
+    loss_chunk: int = 0
+    eval_every: int = 200
+    eval_batches: int = 4
+    log_every: int = 10
+    peak_flops: float = 0.0
+    compilation_cache: str = "~/.cache/mmntp_jax/xla"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------
+# Loading and overrides
+
+
+DEFAULT_EXPERIMENT = "text_stdlib"
+
+
+def default_experiment_path() -> Path:
+    """The no-config job: experiments/<DEFAULT_EXPERIMENT>.py of this checkout."""
+    path = Path(__file__).resolve().parent.parent / "experiments" / f"{DEFAULT_EXPERIMENT}.py"
+    if not path.is_file():
+        raise ConfigError(f"default experiment {path} is missing; pass --config experiments/<name>.py")
+    return path
+
+
+def load_experiment(path: str | Path) -> Config:
+    """Imports `path` and returns its `get_config()`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    spec = importlib.util.spec_from_file_location(f"mmntp_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path}: defines no get_config()")
+    return module.get_config()
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), *, device_count: int | None = None):
+    """Experiment file (or the default job) + `key=value` overrides, validated."""
+    if path is None:
+        path = default_experiment_path()
+    config = apply_overrides(load_experiment(path), overrides)
+    validate(config, device_count=device_count)
+    return config
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. model.n_layers=4")
+        key, raw = item.split("=", 1)
+        config = _set_path(config, key.strip().split("."), raw.strip(), key.strip())
+    return config
+
+
+def _set_path(node, parts: list[str], raw: str, full_key: str):
+    names = [f.name for f in dataclasses.fields(node)]
+    if parts[0] not in names:
+        raise ConfigError(f"unknown config key {full_key!r}; valid keys here: {', '.join(names)}")
+    hints = typing.get_type_hints(type(node))
+    current = getattr(node, parts[0])
+    if len(parts) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"unknown config key {full_key!r}: {parts[0]} has no sub-keys")
+        return dataclasses.replace(node, **{parts[0]: _set_path(current, parts[1:], raw, full_key)})
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"config key {full_key!r} is a section; set one of its keys, e.g. {full_key}.{dataclasses.fields(current)[0].name}=…")
+    return dataclasses.replace(node, **{parts[0]: parse_value(raw, hints[parts[0]], full_key)})
+
+
+def parse_value(raw: str, annotation, key: str):
+    """Parses `raw` as `annotation` (int, float, bool, str, tuple)."""
+    origin = typing.get_origin(annotation) or annotation
+    try:
+        if annotation is bool:
+            lowered = raw.lower()
+            if lowered not in ("true", "false", "1", "0"):
+                raise ValueError
+            return lowered in ("true", "1")
+        if annotation is int:
+            return int(raw)
+        if annotation is float:
+            return float(raw)
+        if annotation is str:
+            return raw
+        if origin in (tuple, list):
+            value = json.loads(raw)
+            if not isinstance(value, list):
+                raise ValueError
+            return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    except (ValueError, json.JSONDecodeError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"config key {key!r}: cannot parse {raw!r} as {name}") from None
+    raise ConfigError(f"config key {key!r}: unsupported type {annotation}")
+
+
+# ----------------------------------------------------------------------------
+# Validation
+
+
+def _check_type(node, prefix: str) -> None:
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value, expected, key = getattr(node, f.name), hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_type(value, key + ".")
+            continue
+        ok = {
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, (int, float)) and not isinstance(value, bool),
+            str: isinstance(value, str),
+        }.get(expected, isinstance(value, (tuple, list)) if typing.get_origin(expected) in (tuple, list) or expected is tuple else True)
+        if not ok:
+            name = getattr(expected, "__name__", str(expected))
+            raise ConfigError(f"config key {key!r}: expected {name}, got {type(value).__name__} {value!r}")
+
+
+def _choice(value, choices, key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _positive(node, prefix: str, names: Sequence[str]) -> None:
+    for name in names:
+        if getattr(node, name) <= 0:
+            raise ConfigError(f"config key '{prefix}.{name}': must be > 0, got {getattr(node, name)}")
+
+
+def mesh_shape(mesh: MeshConfig, device_count: int) -> dict[str, int]:
+    """Resolves a -1 axis so the mesh covers `device_count` devices exactly."""
+    sizes = mesh.axis_sizes()
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ConfigError(f"mesh: at most one axis may be -1, got {', '.join(free)}")
+    for k, v in sizes.items():
+        if v == 0 or v < -1:
+            raise ConfigError(f"config key 'mesh.{k}': must be ≥ 1 or -1 (fill), got {v}")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    if free:
+        if device_count % fixed:
+            raise ConfigError(f"mesh: fixed axes multiply to {fixed}, which does not divide the {device_count} devices")
+        sizes[free[0]] = device_count // fixed
+    if math.prod(sizes.values()) != device_count:
+        shape = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise ConfigError(f"mesh: {shape} has {math.prod(sizes.values())} devices but {device_count} are available; set the axes to multiply to {device_count} or one axis to -1")
+    return sizes
+
+
+def validate(config: Config, *, device_count: int | None = None) -> None:
+    """Raises ConfigError on the first invalid key or impossible combination."""
+    _check_type(config, "")
+    m, t, o, c, d = config.model, config.train, config.optim, config.checkpoint, config.data
+    _positive(m, "model", ["vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"])
+    _positive(t, "train", ["steps", "batch_size", "seq_len"])
+    _positive(c, "checkpoint", ["every", "keep"])
+    _positive(o, "optim", ["grad_accum"])
+    _choice(m.dtype, DTYPES, "model.dtype")
+    _choice(m.param_dtype, DTYPES, "model.param_dtype")
+    _choice(m.remat, REMAT_POLICIES, "model.remat")
+    _choice(m.attention, ATTENTION_IMPLS, "model.attention")
+    _choice(o.schedule, SCHEDULES, "optim.schedule")
+    from mmntp_jax.data.sources import SOURCES
+
+    _choice(d.source, tuple(SOURCES), "data.source")
+    if m.n_heads % m.n_kv_heads:
+        raise ConfigError(f"config key 'model.n_heads': {m.n_heads} is not divisible by model.n_kv_heads={m.n_kv_heads}")
+    if not m.head_dim and m.d_model % m.n_heads:
+        raise ConfigError(f"config key 'model.d_model': {m.d_model} is not divisible by model.n_heads={m.n_heads}; set model.head_dim")
+    if m.resolved_head_dim % 2:
+        raise ConfigError(f"config key 'model.head_dim': RoPE needs an even head dim, got {m.resolved_head_dim}")
+    if t.seq_len > m.max_seq_len:
+        raise ConfigError(f"config key 'train.seq_len': {t.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+    if not 0.0 <= d.eval_fraction < 1.0:
+        raise ConfigError(f"config key 'data.eval_fraction': must be in [0, 1), got {d.eval_fraction}")
+    if not 0.0 <= o.decay_fraction <= 1.0:
+        raise ConfigError(f"config key 'optim.decay_fraction': must be in [0, 1], got {o.decay_fraction}")
+    if t.batch_size % o.grad_accum:
+        raise ConfigError(f"config key 'train.batch_size': {t.batch_size} is not divisible by optim.grad_accum={o.grad_accum}")
+    if device_count is not None:
+        sizes = mesh_shape(config.mesh, device_count)
+        batch_shards = sizes["data"] * sizes["fsdp"]
+        micro = t.batch_size // o.grad_accum
+        if micro % batch_shards:
+            raise ConfigError(f"config key 'train.batch_size': micro-batch {micro} is not divisible by mesh data×fsdp={batch_shards}")
+        if t.seq_len % sizes["sequence"]:
+            raise ConfigError(f"config key 'train.seq_len': {t.seq_len} is not divisible by mesh.sequence={sizes['sequence']}")
+        if m.n_kv_heads % sizes["tensor"] or m.n_heads % sizes["tensor"]:
+            raise ConfigError(f"config key 'mesh.tensor': {sizes['tensor']} does not divide model.n_kv_heads={m.n_kv_heads} and model.n_heads={m.n_heads}")
+
+
+# ----------------------------------------------------------------------------
+# Serialisation
+
+
+def to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_json(config) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=False)
+
+
+def from_dict(cls, data: dict[str, Any]):
+    """Rebuilds a dataclass tree from `to_dict` output (unknown keys are errors)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown keys {sorted(unknown)}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value)
+        elif isinstance(value, list):
+            kwargs[key] = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_json(path: str | Path) -> Config:
+    return from_dict(Config, json.loads(Path(path).read_text()))

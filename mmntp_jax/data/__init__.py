@@ -1,0 +1,1 @@
+"""Multimodal data: schema, vocabulary, preparation, packing, pipeline."""

@@ -1,0 +1,1 @@
+"""Export to Hugging Face safetensors and StableHLO; import from Hugging Face."""

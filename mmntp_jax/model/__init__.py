@@ -1,0 +1,1 @@
+"""The decoder-only backbone: layers, attention, transformer, heads, generation."""

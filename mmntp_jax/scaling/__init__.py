@@ -1,0 +1,1 @@
+"""Scaling laws: FLOP accounting, sweeps, fits, plots."""

@@ -1,0 +1,1 @@
+"""Modality tokenizers (image, audio, video, continuous) and the text tokenizer."""

@@ -1,0 +1,1 @@
+"""Pure-JAX quantizers: vq, rvq, group_vq, fsq, lfq, bsq, msvq."""

@@ -1,0 +1,1 @@
+"""Training: step, optimizer, checkpoints, loop, metrics."""
