@@ -23,7 +23,7 @@ setup(
         "safetensors>=0.6,<1",
         "tokenizers>=0.22,<0.24",
         "array_record>=0.8,<0.9",
-        "pillow>=10,<13",
+        "pillow>=10,<14",
         "pyarrow>=18",
         "matplotlib>=3.8,<4",
         "scipy>=1.13,<2",
