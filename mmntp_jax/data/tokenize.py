@@ -1,0 +1,155 @@
+"""Validated documents → token records, with batched, jitted modality tokenizers.
+
+A modality tokenizer is any object with `encode(params, x_B…) → int32 codes_B…`
+(a pure function of its parameters, so it is jitted here) and a
+`codebook_size` (plus `num_quantizers` for multi-level codes, whose codes end in
+a level axis `[…, L]`). `ModalityEncoder` pairs it with its parameters and an
+optional `preprocess(x) → x` applied to each loaded array (resize, scale).
+
+`DocumentTokenizer.tokenize(docs)` loads every media segment of a group of
+documents, encodes items of the same modality and shape in batches of
+`batch_size` (the last batch padded, so one compiled shape serves all), runs the
+text tokenizer over all text segments at once, and assembles each document
+(see `documents.py`). A failure is returned in place of that document as a
+`ManifestError` naming manifest, line and segment; the rest go on.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from mmntp_jax.data.documents import assemble_document
+from mmntp_jax.data.media import MediaError, load_media
+from mmntp_jax.data.schema import Document, ManifestError
+from mmntp_jax.data.vocab import Vocab
+
+
+@dataclass
+class ModalityEncoder:
+    """A modality tokenizer with its parameters, batched and (by default) jitted."""
+
+    tokenizer: Any
+    params: Any = None
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None
+    batch_size: int = 16
+    jit: bool = True
+
+    def __post_init__(self):
+        if not callable(getattr(self.tokenizer, "encode", None)):
+            raise TypeError(f"{type(self.tokenizer).__name__} has no encode(params, x) method")
+        self._fn = None
+
+    def __getstate__(self):  # a jitted function does not pickle; rebuild it in the worker
+        state = dict(self.__dict__)
+        state["_fn"] = None
+        return state
+
+    def _encode_fn(self):
+        if self._fn is None:
+            if self.jit:
+                import jax
+
+                self._fn = jax.jit(self.tokenizer.encode)
+            else:
+                self._fn = self.tokenizer.encode
+        return self._fn
+
+    def encode(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        """Codes of each item of `xs` (all of one shape), in order."""
+        fn, out = self._encode_fn(), []
+        for i in range(0, len(xs), self.batch_size):
+            part = xs[i : i + self.batch_size]
+            batch = np.stack(part + [part[-1]] * (self.batch_size - len(part)))
+            codes = np.asarray(fn(self.params, batch))
+            if codes.shape[:1] != (len(batch),):
+                raise ValueError(f"encode returned codes of shape {codes.shape} for a batch of {len(batch)}")
+            if not np.issubdtype(codes.dtype, np.integer):
+                raise ValueError(f"encode returned {codes.dtype} codes; expected integers")
+            out.extend(codes[: len(part)])
+        return out
+
+
+def as_encoder(spec) -> ModalityEncoder:
+    """A ModalityEncoder, a (tokenizer, params) pair, or a bare tokenizer."""
+    if isinstance(spec, ModalityEncoder):
+        return spec
+    if isinstance(spec, tuple) and len(spec) == 2:
+        return ModalityEncoder(spec[0], spec[1])
+    return ModalityEncoder(spec)
+
+
+class DocumentTokenizer:
+    """Turns `Document`s into token records over `vocab`."""
+
+    def __init__(self, vocab: Vocab, text_tokenizer, encoders: dict | None = None, *, seq_len: int | None = None, resolve=None):
+        self.vocab, self.text = vocab, text_tokenizer
+        self.encoders = {name: as_encoder(e) for name, e in (encoders or {}).items()}
+        for name in self.encoders:
+            vocab.offset(name)  # the vocab must have a range for every tokenizer
+        self.seq_len = seq_len
+        self.resolve = resolve or (lambda path: path)
+
+    def _load(self, doc: Document, k: int) -> np.ndarray:
+        seg = doc.segments[k]
+        field = f"segments[{k}].{'path' if seg.path is not None else 'array'}"
+        encoder = self.encoders.get(seg.type)
+        if encoder is None:
+            raise doc.error(f"no {seg.type} tokenizer is configured (have: {', '.join(['text', *self.encoders])})", f"segments[{k}].type")
+        try:
+            x = load_media(seg.type, self.resolve(seg.path)) if seg.path is not None else np.asarray(seg.array, np.float32)
+            return np.asarray(encoder.preprocess(x) if encoder.preprocess else x)
+        except (MediaError, ValueError) as err:
+            raise doc.error(str(err), field) from None
+
+    def _to_ids(self, doc: Document, k: int, codes: np.ndarray) -> np.ndarray:
+        name = doc.segments[k].type
+        levels = self.vocab.num_levels(name)
+        try:
+            codes = codes.reshape(-1, levels) if levels > 1 else codes.reshape(-1)
+            ids = self.vocab.to_global(name, codes).reshape(-1)
+        except ValueError as err:
+            raise doc.error(f"{name} tokenizer output: {err}", f"segments[{k}]") from None
+        if self.seq_len is not None and ids.size + 2 > self.seq_len:
+            raise doc.error(f"{name} block of {ids.size + 2} tokens (with markers) is longer than seq_len={self.seq_len}; "
+                            "a block is never split, so raise seq_len or use fewer tokens per item", f"segments[{k}]")
+        return ids
+
+    def tokenize(self, docs: list[Document]) -> list[dict | ManifestError]:
+        results: list[Any] = [None] * len(docs)
+        media: dict[tuple, list] = defaultdict(list)  # (modality, shape) → [(doc index, segment index, array)]
+        for i, doc in enumerate(docs):
+            try:
+                for k, seg in enumerate(doc.segments):
+                    if seg.is_media:
+                        x = self._load(doc, k)
+                        media[(seg.type, x.shape, x.dtype.str)].append((i, k, x))
+            except ManifestError as err:
+                results[i] = err
+        codes: dict[tuple[int, int], np.ndarray] = {}
+        for (name, shape, _), items in sorted(media.items(), key=lambda kv: repr(kv[0])):
+            items = [it for it in items if results[it[0]] is None]
+            if not items:
+                continue
+            try:
+                out = self.encoders[name].encode([x for _, _, x in items])
+            except Exception as err:  # the tokenizer's own error: attribute it to each document
+                for i, k, _ in items:
+                    results[i] = docs[i].error(f"{name} tokenizer failed on an item of shape {shape}: {err}", f"segments[{k}]")
+                continue
+            codes.update({(i, k): c for (i, k, _), c in zip(items, out)})
+        texts = [(i, k, s.text) for i, d in enumerate(docs) if results[i] is None for k, s in enumerate(d.segments) if s.type == "text"]
+        text_ids = dict(zip([(i, k) for i, k, _ in texts], self.text.encode_batch([t for _, _, t in texts])))
+        for i, doc in enumerate(docs):
+            if results[i] is not None:
+                continue
+            try:
+                parts = [(s.type, text_ids[(i, k)] if s.type == "text" else self._to_ids(doc, k, codes[(i, k)]), s.loss)
+                         for k, s in enumerate(doc.segments)]
+                results[i] = assemble_document(parts, self.vocab)
+            except ManifestError as err:
+                results[i] = err
+        return results
