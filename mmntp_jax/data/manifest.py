@@ -89,10 +89,10 @@ class Manifest:
         import pyarrow.parquet as pq
 
         try:
-            meta = pq.ParquetFile(self.path).metadata
+            pf = pq.ParquetFile(self.path)
+            meta, names = pf.metadata, set(pf.schema_arrow.names)
         except Exception as err:  # pyarrow raises its own ArrowInvalid
             raise ValueError(f"manifest {self.path}: not a readable Parquet file ({err})") from None
-        names = set(meta.schema.names)
         if "segments" not in names and "json" not in names:
             raise ValueError(f"manifest {self.path}: a Parquet manifest needs a 'segments' or a 'json' column; it has {', '.join(sorted(names))}")
         self._row_groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
