@@ -137,7 +137,7 @@ def bad_manifest(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    (2, "malformed JSON"), (3, "missing.png: file not found"), (4, "unknown segment type 'picture'"), (5, "corrupt.png: corrupt or unsupported image"),
+    (2, "malformed JSON"), (3, "missing.png: not found"), (4, "unknown segment type 'picture'"), (5, "corrupt.png: cannot be decoded"),
 ])
 def test_bad_input_names_manifest_and_line(tmp_path, line, message):
     path = bad_manifest(tmp_path)

@@ -1,10 +1,11 @@
-"""The `mmntp data` command group: prepare, inspect, train-bpe.
+"""The `mmntp data` command group: prepare, inspect, train-bpe, shapes.
 
     mmntp data prepare --manifest FILE.jsonl --out DIR [--config experiments/x.py]
                        [--text-tokenizer bytes|tokenizer.json] [--seq-len T] [--workers N]
                        [--process-index I --process-count N] [--on-error raise|skip]
     mmntp data inspect DIR [--samples N] [--json]
     mmntp data train-bpe (--manifest FILE | --files F …) --vocab-size N --out tokenizer.json
+    mmntp data shapes --out DIR [--items N]          (the captioned-shapes manifest)
 
 With `--config`, `train.seq_len` bounds the block length, and the experiment
 file may define `get_tokenizers()` returning {"image": ModalityEncoder(…) or
@@ -92,6 +93,14 @@ def _train_bpe(args) -> int:
     return 0
 
 
+def _shapes(args) -> int:
+    from mmntp_jax.data.captioned import write_captioned_shapes
+
+    manifest = write_captioned_shapes(args.out, args.items, size=args.size, seed=args.seed, progress=not args.no_progress)
+    print(f"{manifest}: {2 * args.items} documents (image→caption and caption→image) over {args.items} images")
+    return 0
+
+
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -126,6 +135,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--out", required=True, help="tokenizer.json to write")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     p.set_defaults(data_func=_train_bpe)
+
+    p = sub.add_parser("shapes", help="write the captioned-shapes manifest (generated images and captions)")
+    p.add_argument("--out", required=True, help="folder for images/ and manifest.jsonl")
+    p.add_argument("--items", type=int, default=4000, help="number of images (two documents each)")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(data_func=_shapes)
 
     def dispatch(args) -> int:
         if getattr(args, "data_func", None) is None:

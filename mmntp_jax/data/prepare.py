@@ -25,12 +25,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
-from mmntp_jax.data.chunking import block_spans
 from mmntp_jax.data.manifest import Manifest
 from mmntp_jax.data.schema import ManifestError, validate_document
-from mmntp_jax.data.shards import FORMAT, INDEX_FILE, VERSION, ShardWriter, shard_name, token_dtype_for, write_atomic
+from mmntp_jax.data.shards import ShardWriter, add_doc_stats, new_stats, shard_name, token_dtype_for, write_atomic, write_index
 from mmntp_jax.data.tokenize import DocumentTokenizer, as_encoder
 from mmntp_jax.data.vocab import MODALITIES, Vocab
 from mmntp_jax.tokenizers.text import load_text_tokenizer
@@ -61,24 +58,12 @@ class PrepareOptions:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
 
 
-def _doc_stats(doc: dict) -> dict:
-    tokens, modality = doc["tokens"], doc["modality"]
-    spans = block_spans(tokens)
-    return {
-        "tokens": int(tokens.size),
-        "loss_tokens": int(doc["loss"].sum()),
-        "by_modality": np.bincount(modality, minlength=len(MODALITIES)).tolist(),
-        "max_block": int((spans[:, 1] - spans[:, 0] + 1).max()) if len(spans) else 0,
-    }
-
-
 def prepare_shard(manifest: Manifest, out: Path, shard: int, options: PrepareOptions, tokenizer: DocumentTokenizer, token_dtype: str, progress=None) -> dict:
     """Tokenizes and writes one shard; returns its statistics (also saved as JSON)."""
     start = shard * options.docs_per_shard
     stop = min(len(manifest), start + options.docs_per_shard)
     writer = ShardWriter(out, shard, token_dtype)
-    stats = {"shard": shard, "path": writer.path.name, "first_doc": start, "stop_doc": stop, "docs": 0, "tokens": 0,
-             "loss_tokens": 0, "by_modality": [0] * len(MODALITIES), "max_block": 0, "max_len": 0, "log2_lengths": [0] * 33, "skipped": []}
+    stats = new_stats(shard, start, stop)
     try:
         entries = list(manifest.read(start, stop))
         for g in range(0, len(entries), options.group_size):
@@ -100,14 +85,7 @@ def prepare_shard(manifest: Manifest, out: Path, shard: int, options: PrepareOpt
                 if isinstance(result, ManifestError):
                     continue
                 writer.write(result, {"line": line, **doc.meta})
-                d = _doc_stats(result)
-                stats["docs"] += 1
-                stats["tokens"] += d["tokens"]
-                stats["loss_tokens"] += d["loss_tokens"]
-                stats["by_modality"] = [a + b for a, b in zip(stats["by_modality"], d["by_modality"])]
-                stats["max_block"] = max(stats["max_block"], d["max_block"])
-                stats["max_len"] = max(stats["max_len"], d["tokens"])
-                stats["log2_lengths"][int(d["tokens"]).bit_length() - 1] += 1
+                add_doc_stats(stats, result)
             if progress is not None:
                 progress(len(group))
     except BaseException:
@@ -217,17 +195,8 @@ class Preparer:
         if missing:
             return summary
         stats = [json.loads((self.out / f"{shard_name(s)}.json").read_text()) for s in range(self.num_shards)]
-        skipped = [s for st in stats for s in st["skipped"]]
-        info = {
-            "format": FORMAT, "version": VERSION, **self.settings(),
-            "text_tokenizer": "bytes" if self.text.kind == "bytes" else "tokenizer.json",
-            "shards": [{"path": st["path"], "docs": st["docs"], "tokens": st["tokens"]} for st in stats],
-            "docs": sum(st["docs"] for st in stats), "tokens": sum(st["tokens"] for st in stats),
-            "max_block": max(st["max_block"] for st in stats), "skipped": len(skipped),
-        }
-        write_atomic(self.out / "report.json", json.dumps({"skipped": skipped}, indent=1))
-        write_atomic(self.out / INDEX_FILE, json.dumps(info, indent=1))
-        return {**summary, "docs": info["docs"], "tokens": info["tokens"], "skipped": len(skipped)}
+        info = write_index(self.out, stats, self.settings(), "bytes" if self.text.kind == "bytes" else "tokenizer.json")
+        return {**summary, "docs": info["docs"], "tokens": info["tokens"], "skipped": info["skipped"]}
 
 
 def prepare(manifest, out, options: PrepareOptions = PrepareOptions(), encoders: dict | None = None, text_tokenizer=None) -> dict:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmntp_jax.data.vocab import Vocab
+from mmntp_jax.data.chunking import block_spans
+from mmntp_jax.data.vocab import MODALITIES, Vocab
 
 FORMAT = "mmntp-shards"
 VERSION = 1
@@ -72,6 +73,62 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def new_stats(shard: int, first_doc: int, stop_doc: int) -> dict:
+    """The statistics a shard's JSON file holds (its presence marks the shard done)."""
+    return {"shard": shard, "path": f"{shard_name(shard)}.array_record", "first_doc": first_doc, "stop_doc": stop_doc,
+            "docs": 0, "tokens": 0, "loss_tokens": 0, "by_modality": [0] * len(MODALITIES), "max_block": 0, "max_len": 0,
+            "log2_lengths": [0] * 33, "skipped": []}
+
+
+def add_doc_stats(stats: dict, doc: dict) -> None:
+    tokens = doc["tokens"]
+    spans = block_spans(tokens)
+    stats["docs"] += 1
+    stats["tokens"] += int(tokens.size)
+    stats["loss_tokens"] += int(np.asarray(doc["loss"]).sum())
+    counts = np.bincount(np.asarray(doc["modality"]), minlength=len(MODALITIES))
+    stats["by_modality"] = [a + int(b) for a, b in zip(stats["by_modality"], counts)]
+    stats["max_block"] = max(stats["max_block"], int((spans[:, 1] - spans[:, 0] + 1).max()) if len(spans) else 0)
+    stats["max_len"] = max(stats["max_len"], int(tokens.size))
+    stats["log2_lengths"][int(tokens.size).bit_length() - 1] += 1
+
+
+def write_index(folder: Path, stats: list[dict], settings: dict, text_tokenizer: str = "bytes") -> dict:
+    """Writes dataset.json (and report.json, the skipped documents) for complete shards."""
+    skipped = [s for st in stats for s in st["skipped"]]
+    info = {
+        "format": FORMAT, "version": VERSION, **settings, "text_tokenizer": text_tokenizer,
+        "shards": [{"path": st["path"], "docs": st["docs"], "tokens": st["tokens"]} for st in stats],
+        "docs": sum(st["docs"] for st in stats), "tokens": sum(st["tokens"] for st in stats),
+        "max_block": max(st["max_block"] for st in stats), "skipped": len(skipped),
+    }
+    write_atomic(folder / "report.json", json.dumps({"skipped": skipped}, indent=1))
+    write_atomic(folder / INDEX_FILE, json.dumps(info, indent=1))
+    return info
+
+
+def write_documents(folder, docs, vocab: Vocab, docs_per_shard: int = 1024) -> "ShardSet":
+    """Writes already-tokenized documents (e.g. generated data) as a data set folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype, stats, writer = token_dtype_for(vocab), [], None
+    for i, doc in enumerate(docs):
+        if i % docs_per_shard == 0:
+            if writer is not None:
+                writer.commit(stats[-1])
+            writer = ShardWriter(folder, i // docs_per_shard, dtype)
+            stats.append(new_stats(i // docs_per_shard, i, i))
+        writer.write(doc)
+        add_doc_stats(stats[-1], doc)
+        stats[-1]["stop_doc"] = i + 1
+    if writer is None:
+        raise ValueError(f"{folder}: no documents to write")
+    writer.commit(stats[-1])
+    vocab.save(folder / "vocab.json")
+    write_index(folder, stats, {"vocab": json.loads(vocab.to_json()), "token_dtype": dtype, "docs_per_shard": docs_per_shard})
+    return ShardSet(folder)
 
 
 class ShardWriter:

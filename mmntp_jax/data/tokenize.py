@@ -73,6 +73,30 @@ class ModalityEncoder:
         return out
 
 
+class ModuleTokenizer:
+    """Adapts an NNX tokenizer module (`module.encode(x) → codes [B, N·Q]`, `vocab_size`,
+    Q codes per position adjacent) to the pure `encode(params, x)` form; params = nnx.state."""
+
+    def __init__(self, graphdef, vocab_size: int, codes_per_position: int = 1):
+        self.graphdef, self.codebook_size, self.num_quantizers = graphdef, int(vocab_size), int(codes_per_position)
+
+    def encode(self, params, x):
+        from flax import nnx
+
+        codes = nnx.merge(self.graphdef, params).encode(x)
+        return codes.reshape(codes.shape[0], -1, self.num_quantizers) if self.num_quantizers > 1 else codes
+
+
+def module_encoder(module, preprocess=None, batch_size: int = 16) -> ModalityEncoder:
+    """A ModalityEncoder around an NNX tokenizer module (e.g. `ImageTokenizer`)."""
+    from flax import nnx
+
+    graphdef, params = nnx.split(module)
+    config = getattr(module, "config", None)
+    q = getattr(getattr(config, "quantizer", None), "codes_per_position", 1)
+    return ModalityEncoder(ModuleTokenizer(graphdef, module.vocab_size, q), params, preprocess, batch_size)
+
+
 def as_encoder(spec) -> ModalityEncoder:
     """A ModalityEncoder, a (tokenizer, params) pair, or a bare tokenizer."""
     if isinstance(spec, ModalityEncoder):
@@ -100,9 +124,12 @@ class DocumentTokenizer:
         if encoder is None:
             raise doc.error(f"no {seg.type} tokenizer is configured (have: {', '.join(['text', *self.encoders])})", f"segments[{k}].type")
         try:
-            x = load_media(seg.type, self.resolve(seg.path)) if seg.path is not None else np.asarray(seg.array, np.float32)
+            if seg.path is not None:
+                x = load_media(seg.type, self.resolve(seg.path), getattr(encoder.tokenizer, "sample_rate", None))
+            else:
+                x = np.asarray(seg.array, np.float32)
             return np.asarray(encoder.preprocess(x) if encoder.preprocess else x)
-        except (MediaError, ValueError) as err:
+        except (MediaError, ValueError, FileNotFoundError) as err:
             raise doc.error(str(err), field) from None
 
     def _to_ids(self, doc: Document, k: int, codes: np.ndarray) -> np.ndarray:
