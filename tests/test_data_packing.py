@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmntp_jax.data.chunking import BlockTooLongError, block_spans, blocks_cut, chunk_spans
+from mmntp_jax.data.packing import BlockTooLongError, best_fit_decreasing, block_spans, blocks_cut, chunk_spans
 from mmntp_jax.data.pack_iter import WindowPackIterDataset
-from mmntp_jax.data.packing import best_fit_decreasing
 
 MARKERS = {1: (3, 4), 2: (5, 6), 3: (7, 8)}  # modality id → (begin, end) ids
 

@@ -2,11 +2,14 @@
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from data_standins import PARAMS, InlineScale, PatchMeanTokenizer, TwoLevelTokenizer, patch_codes, random_image, save_png, write_manifest
+from flax import nnx
 
 from mmntp_jax.cli import main
 from mmntp_jax.data.prepare import PrepareOptions, Preparer, prepare
@@ -203,3 +206,67 @@ def test_inspect_prints_counts_histogram_and_a_decoded_sample(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path / "out"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["docs"] == 12 and info["tokens_by_modality"]["image"] == 8 * 6
+
+
+def test_media_files_of_every_modality_load(tmp_path):
+    from PIL import Image
+
+    from mmntp_jax.data.tokenize import MediaError, load_media
+    from mmntp_jax.tokenizers.media import save_wav
+
+    clip = np.sin(np.linspace(0, 40, 800)).astype(np.float32) * 0.5
+    save_wav(tmp_path / "a.wav", clip, 8000)
+    audio = load_media("audio", tmp_path / "a.wav")
+    assert audio.shape == (800,) and np.abs(audio - clip).max() < 1e-4
+    frames = [np.full((4, 6, 3), k * 60, np.uint8) for k in range(3)]
+    Image.fromarray(frames[0]).save(tmp_path / "v.gif", save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]])
+    video = load_media("video", tmp_path / "v.gif")
+    assert video.shape == (3, 4, 6, 3) and np.allclose(video[:, 0, 0, 0], [0, 60 / 255, 120 / 255], atol=0.02)
+    np.save(tmp_path / "x.npy", np.arange(6.0).reshape(2, 3))
+    assert load_media("image", tmp_path / "x.npy").tolist() == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(MediaError, match="sample rate 8000 Hz, expected 16000"):
+        load_media("audio", tmp_path / "a.wav", sample_rate=16000)
+    with pytest.raises(FileNotFoundError, match="nothing.gif: not found"):
+        load_media("video", tmp_path / "nothing.gif")
+
+
+class TinyModuleTokenizer(nnx.Module):
+    """An NNX tokenizer in the image tokenizer's form: `encode(x)` with its own parameters."""
+
+    vocab_size = 16
+
+    def __init__(self, rngs):
+        self.proj = nnx.Linear(3, 1, rngs=rngs)
+
+    def encode(self, x_BHWC):
+        z_BHW = self.proj(x_BHWC)[..., 0]
+        return jnp.clip(jnp.floor(jax.nn.sigmoid(z_BHW) * 16), 0, 15).reshape(x_BHWC.shape[0], -1).astype(jnp.int32)
+
+
+def test_module_encoder_gives_the_modules_own_codes():
+    from mmntp_jax.data.tokenize import module_encoder
+
+    module = TinyModuleTokenizer(nnx.Rngs(0))
+    encoder = module_encoder(module, batch_size=2)
+    images = [random_image(k, size=4) for k in range(3)]
+    codes = encoder.encode(images)
+    expect = np.asarray(module.encode(np.stack(images)))
+    assert encoder.tokenizer.codebook_size == 16 and all((c == e).all() for c, e in zip(codes, expect))
+    assert len(set(np.concatenate(codes).tolist())) > 1
+
+
+@pytest.mark.slow
+def test_shapes_mm_experiment_prepares_captioned_shapes(tmp_path, capsys):
+    from mmntp_jax.data.captioned import write_captioned_shapes
+
+    manifest = write_captioned_shapes(tmp_path / "manifest", items=3)
+    code = main(["data", "prepare", "--manifest", str(manifest), "--out", str(tmp_path / "tokens"), "--config", "experiments/shapes_mm.py", "--no-progress"])
+    assert code == 0
+    shards, docs = read_all(tmp_path / "tokens")
+    assert len(docs) == 6 and shards.vocab.size == 16 + 256 + 1000 and shards.max_block == 66
+    caption, draw = docs[0], docs[1]
+    assert [d["meta"]["task"] for d in docs[:2]] == ["caption", "draw"]
+    image_ids = lambda d: d["tokens"][d["modality"] == 1][1:-1]
+    assert (image_ids(caption) == image_ids(draw)).all(), "both documents of an image hold the same codes"
+    assert caption["loss"][1:67].sum() == 0 and caption["loss"][67:].all()  # the image is context, the caption is trained
+    assert draw["loss"][-67:].all() and draw["loss"][-68] == 0  # the caption is context, the image block is trained

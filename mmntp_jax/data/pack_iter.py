@@ -4,7 +4,7 @@
 order and packs them a window at a time:
 
   1. read documents until the window holds `window_rows × T` pairs, cutting each
-     into block-aware chunks (`chunking.py`), after the chunks carried over;
+     into block-aware chunks (`packing.chunk_spans`), after the chunks carried over;
   2. pack all chunks best-fit-decreasing (`packing.py`);
   3. hold back the `carry_rows` least-filled rows that are not full: their chunks
      are carried into the next window, where more chunks fill them; emit the
@@ -29,8 +29,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from mmntp_jax.data.chunking import chunk_spans
-from mmntp_jax.data.packing import best_fit_decreasing, write_row
+from mmntp_jax.data.packing import best_fit_decreasing, chunk_spans, write_row
 
 
 def ensure_absl_flags() -> None:

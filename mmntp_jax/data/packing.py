@@ -1,15 +1,24 @@
-"""Chunks → fixed-length `PackedBatch` rows: best-fit-decreasing bin packing.
+"""Documents → fixed-length `PackedBatch` rows: block-aware cutting, best-fit-decreasing packing.
 
-A chunk (see `chunking.py`) of `length` pairs fills `length` slots of a row of
-T slots. `best_fit_decreasing(lengths, T)` sorts the chunks longest first and
+Cutting. A document of n tokens gives n-1 (input, target) pairs; pair j is
+tokens[j] → tokens[j+1]. A chunk (start, length) holds pairs start … start+length-1,
+i.e. inputs tokens[start : start+length] and targets one further; consecutive
+chunks share one token, so every pair lands in exactly one chunk. A modality
+block `<boi> c1 … cN <eoi>` at tokens [b, e] is never split: a chunk may start at
+token p only if no block has b < p ≤ e, so all of a block's tokens are inputs of
+one chunk and all its codes and its end marker are targets of that same chunk.
+Cuts happen at text boundaries (or right before a block's begin marker); a block
+of more than T tokens cannot fit and is an error.
+
+Packing. `best_fit_decreasing(lengths, T)` sorts the chunks longest first and
 puts each into the open row whose free space is smallest but still enough,
 opening a new row when none fits. Free spaces are kept in a sorted list with a
 bucket of rows per space, so each placement is a binary search: O(n log T).
 
-`write_row(chunks, T)` lays chunks out along a row. Each chunk is its own
-segment: `segment_ids` count 1, 2, … (0 = padding, only at the end),
-`positions` restart at 0, `inputs`/`targets` are the chunk's pairs,
-`modality` and `loss_mask` are those of the target token (padding: 0).
+Rows. `write_row(chunks, docs, T)` lays chunks out along a row. Each chunk is its
+own segment: `segment_ids` count 1, 2, … (0 = padding, only at the end),
+`positions` restart at 0, `inputs`/`targets` are the chunk's pairs, `modality`
+and `loss_mask` are those of the target token (padding: 0).
 """
 
 from __future__ import annotations
@@ -18,7 +27,66 @@ import bisect
 
 import numpy as np
 
+from mmntp_jax.data.vocab import BEGIN_IDS, END_IDS
+
 ROW_FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "modality")
+
+
+class BlockTooLongError(ValueError):
+    """A modality block has more tokens than a packed row holds."""
+
+
+def block_spans(tokens) -> np.ndarray:
+    """`[K, 2]` inclusive (begin, end) token indices of the blocks of a document."""
+    tokens = np.asarray(tokens)
+    begins = np.flatnonzero(np.isin(tokens, BEGIN_IDS))
+    ends = np.flatnonzero(np.isin(tokens, END_IDS))
+    ok = begins.size == ends.size and bool(np.all(begins < ends)) and bool(np.all(ends[:-1] < begins[1:]))
+    if ok and begins.size:
+        ok = bool(np.all(tokens[ends] == tokens[begins] + 1))  # <boi>/<eoi> etc. are consecutive ids
+    if not ok:
+        raise ValueError(f"malformed blocks: begin markers at {begins[:8].tolist()}, end markers at {ends[:8].tolist()}")
+    return np.stack([begins, ends], axis=1) if begins.size else np.zeros((0, 2), np.int64)
+
+
+def max_block_len(tokens) -> int:
+    spans = block_spans(tokens)
+    return int((spans[:, 1] - spans[:, 0] + 1).max()) if len(spans) else 0
+
+
+def chunk_spans(tokens, seq_len: int, where: str = "document") -> list[tuple[int, int]]:
+    """(start pair, n pairs) of each chunk; one chunk if the document fits in a row."""
+    n_pairs = len(tokens) - 1
+    if n_pairs <= 0:
+        return []
+    if n_pairs <= seq_len:
+        return [(0, n_pairs)]
+    spans = block_spans(tokens)
+    if len(spans):
+        longest = int((spans[:, 1] - spans[:, 0] + 1).max())
+        if longest > seq_len:
+            raise BlockTooLongError(f"{where}: a block of {longest} tokens is longer than seq_len={seq_len}; blocks are never split")
+    begins, ends = spans[:, 0], spans[:, 1]
+    chunks, start = [], 0
+    while n_pairs - start > seq_len:
+        cut = start + seq_len
+        k = int(np.searchsorted(begins, cut, side="left")) - 1  # last block beginning before the cut
+        if k >= 0 and ends[k] >= cut:
+            cut = int(begins[k])
+        chunks.append((start, cut - start))
+        start = cut
+    chunks.append((start, n_pairs - start))
+    return chunks
+
+
+def blocks_cut(tokens, chunks: list[tuple[int, int]]) -> int:
+    """How many blocks straddle a chunk boundary (0 for `chunk_spans` output)."""
+    spans = block_spans(tokens)
+    starts = np.array([s for s, _ in chunks[1:]], np.int64)
+    if not len(spans) or not starts.size:
+        return 0
+    inside = (starts[None, :] > spans[:, :1]) & (starts[None, :] <= spans[:, 1:])
+    return int(inside.any(axis=1).sum())
 
 
 def best_fit_decreasing(lengths, capacity: int) -> tuple[list[list[int]], list[int]]:

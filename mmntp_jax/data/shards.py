@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmntp_jax.data.chunking import block_spans
+from mmntp_jax.data.packing import block_spans
 from mmntp_jax.data.vocab import MODALITIES, Vocab
 
 FORMAT = "mmntp-shards"

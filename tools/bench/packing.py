@@ -35,9 +35,8 @@ import time
 import grain
 import numpy as np
 
-from mmntp_jax.data.chunking import chunk_spans
 from mmntp_jax.data.pack_iter import WindowPackIterDataset
-from mmntp_jax.data.packing import write_row
+from mmntp_jax.data.packing import chunk_spans, write_row
 from mmntp_jax.data.vocab import BEGIN_IDS, END_IDS, Vocab
 
 IMAGE_TOKENS = 256
