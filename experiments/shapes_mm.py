@@ -51,5 +51,5 @@ def get_config() -> Config:
         data=DataConfig(source="shards", path=DATA, eval_fraction=0.02, pack_window=64),
         optim=OptimConfig(lr=3e-3, schedule="cosine", warmup_steps=30, weight_decay=0.1),
         checkpoint=CheckpointConfig(every=100, keep=2),
-        train=TrainConfig(steps=400, batch_size=16, seq_len=256, eval_every=100, eval_batches=4, log_every=10),
+        train=TrainConfig(steps=400, batch_size=4, seq_len=1024, eval_every=100, eval_batches=4, log_every=10),
     )

@@ -7,7 +7,7 @@ a level axis `[…, L]`). `ModalityEncoder` pairs it with its parameters and an
 optional `preprocess(x) → x` applied to each loaded array (resize, scale).
 
 `DocumentTokenizer.tokenize(docs)` loads every media segment of a group of
-documents, encodes items of the same modality and shape in batches of
+documents (a file named by several of them once), encodes items of the same modality and shape in batches of
 `batch_size` (the last batch padded, so one compiled shape serves all), runs the
 text tokenizer over all text segments at once, and assembles each document
 (see `documents.py`). A failure is returned in place of that document as a
@@ -191,26 +191,37 @@ class DocumentTokenizer:
     def tokenize(self, docs: list[Document]) -> list[dict | ManifestError]:
         results: list[Any] = [None] * len(docs)
         media: dict[tuple, list] = defaultdict(list)  # (modality, shape) → [(doc index, segment index, array)]
+        first: dict[tuple, tuple[int, int]] = {}  # (modality, file) → the segment that loads it
+        alias: dict[tuple[int, int], tuple[int, int]] = {}  # a segment naming a file already loaded → that segment
         for i, doc in enumerate(docs):
             try:
                 for k, seg in enumerate(doc.segments):
-                    if seg.is_media:
-                        x = self._load(doc, k)
-                        media[(seg.type, x.shape, x.dtype.str)].append((i, k, x))
+                    if not seg.is_media:
+                        continue
+                    key = (seg.type, str(self.resolve(seg.path))) if seg.path is not None else None
+                    if key in first:
+                        alias[(i, k)] = first[key]
+                        continue
+                    x = self._load(doc, k)
+                    media[(seg.type, x.shape, x.dtype.str)].append((i, k, x))
+                    if key is not None:
+                        first[key] = (i, k)
             except ManifestError as err:
                 results[i] = err
         codes: dict[tuple[int, int], np.ndarray] = {}
         for (name, shape, _), items in sorted(media.items(), key=lambda kv: repr(kv[0])):
-            items = [it for it in items if results[it[0]] is None]
-            if not items:
-                continue
             try:
                 out = self.encoders[name].encode([x for _, _, x in items])
             except Exception as err:  # the tokenizer's own error: attribute it to each document
                 for i, k, _ in items:
-                    results[i] = docs[i].error(f"{name} tokenizer failed on an item of shape {shape}: {err}", f"segments[{k}]")
+                    results[i] = results[i] or docs[i].error(f"{name} tokenizer failed on an item of shape {shape}: {err}", f"segments[{k}]")
                 continue
             codes.update({(i, k): c for (i, k, _), c in zip(items, out)})
+        for (i, k), source in alias.items():
+            if source in codes:
+                codes[(i, k)] = codes[source]
+            elif results[i] is None:
+                results[i] = docs[i].error(f"{docs[i].segments[k].path}: failed in line {docs[source[0]].line}", f"segments[{k}].path")
         texts = [(i, k, s.text) for i, d in enumerate(docs) if results[i] is None for k, s in enumerate(d.segments) if s.type == "text"]
         text_ids = dict(zip([(i, k) for i, k, _ in texts], self.text.encode_batch([t for _, _, t in texts])))
         for i, doc in enumerate(docs):
