@@ -16,9 +16,9 @@ from mmntp_jax.config import CheckpointConfig, Config, DataConfig, ModelConfig, 
 def get_config() -> Config:
     return Config(
         name="text_stdlib",
-        model=ModelConfig(vocab_size=272, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=768, max_seq_len=2048),
+        model=ModelConfig(vocab_size=272, d_model=192, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=512, max_seq_len=2048),
         data=DataConfig(source="stdlib", eval_fraction=0.02),
         optim=OptimConfig(lr=3e-3, schedule="cosine", warmup_steps=30, weight_decay=0.1),
         checkpoint=CheckpointConfig(every=100, keep=2),
-        train=TrainConfig(steps=400, batch_size=16, seq_len=256, eval_every=100, eval_batches=4, log_every=10),
+        train=TrainConfig(steps=300, batch_size=16, seq_len=256, eval_every=100, eval_batches=4, log_every=10),
     )

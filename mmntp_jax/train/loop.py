@@ -33,7 +33,7 @@ from mmntp_jax.train.metrics import MetricsWriter, measure_matmul_peak, provenan
 from mmntp_jax.train.step import StepBuilder, summarize
 
 # Keys that may differ between the saved config.json and a resumed run.
-RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
+RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.compilation_cache", "train.peak_flops", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
 
 
 class RunConflict(ValueError):
