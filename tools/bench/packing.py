@@ -21,7 +21,8 @@ chunks, cut beforehand and outside their timing; they run on the first
 `padding_fraction`, `docs_cut` and `blocks_cut` (blocks whose codes do not all
 sit in one segment, counted from the output rows). Then `packer: "pipeline"`
 lines: the whole input pipeline (ArrayRecord shards → shuffled, packed,
-batched `PackedBatch`) against the train step of the default experiment's model.
+batched `PackedBatch`) against the train step of tools/bench/train_step.py
+(shape `peer`, same T and B).
 """
 
 from __future__ import annotations
@@ -175,26 +176,15 @@ def pipeline_tokens_per_s(config, batches: int) -> float:
     return batches * config.train.batch_size * config.train.seq_len / (time.perf_counter() - start)
 
 
-def train_tokens_per_s(config, steps: int) -> float:
-    import jax
+def train_step_tokens_per_s(steps: int) -> float:
+    """The foundation's train-step benchmark (tools/bench/train_step.py), shape `peer`, tuned."""
+    import importlib.util
+    from pathlib import Path
 
-    from mmntp_jax.sharding import make_mesh, shard_batch
-    from mmntp_jax.train.step import StepBuilder
-
-    from mmntp_jax.data.pipeline import make_dataset
-
-    mesh = make_mesh(config.mesh)
-    builder = StepBuilder(config, mesh)
-    state = builder.init_state(config.train.seed)
-    it = iter(make_dataset(config, "train")[1])
-    batches = [shard_batch(next(it), mesh) for _ in range(steps + 1)]
-    state, _ = builder.train_step(state, batches[0])
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for b in batches[1:]:
-        state, _ = builder.train_step(state, b)
-    jax.block_until_ready(state)
-    return steps * config.train.batch_size * config.train.seq_len / (time.perf_counter() - start)
+    spec = importlib.util.spec_from_file_location("train_step_bench", Path(__file__).with_name("train_step.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.bench("peer", "tuned", steps, "float32", 256, peak=1.0)["tokens_per_s"]
 
 
 def bench_pipeline(args, docs_by_variant):
@@ -205,21 +195,20 @@ def bench_pipeline(args, docs_by_variant):
 
     base = load_config("experiments/text_stdlib.py")
     with tempfile.TemporaryDirectory() as tmp:
-        cases = [("text", base.train.seq_len, base.train.batch_size), ("multimodal", 2048, 8)]
-        for variant, seq_len, batch in cases:
+        for variant, seq_len, batch in (("text", 512, 8), ("multimodal", 2048, 8)):  # text: the `peer` train-step shape
             if variant not in docs_by_variant:
                 continue
             docs = docs_by_variant[variant][: args.pipeline_docs]
             vocab = Vocab.build(text=TEXT_VOCAB, image=1024)
             write_documents(f"{tmp}/{variant}", docs, vocab, docs_per_shard=1024)
             config = dataclasses.replace(
-                base, data=dataclasses.replace(base.data, source="shards", path=f"{tmp}/{variant}", eval_fraction=0.0),
-                model=dataclasses.replace(base.model, vocab_size=vocab.size), train=dataclasses.replace(base.train, seq_len=seq_len, batch_size=batch))
+                base, data=dataclasses.replace(base.data, source="shards", path=f"{tmp}/{variant}", eval_fraction=0.0, pack_window=args.window),
+                model=dataclasses.replace(base.model, vocab_size=vocab.size, max_seq_len=seq_len),
+                train=dataclasses.replace(base.train, seq_len=seq_len, batch_size=batch))
             line = {"packer": "pipeline", "variant": variant, "seq_len": seq_len, "batch_size": batch, "docs": len(docs),
                     "tokens_per_s": round(pipeline_tokens_per_s(config, args.pipeline_batches))}
             if variant == "text" and args.train_steps:
-                model_config = dataclasses.replace(config, model=base.model, data=base.data)
-                line["train_tokens_per_s"] = round(train_tokens_per_s(model_config, args.train_steps))
+                line["train_tokens_per_s"] = round(train_step_tokens_per_s(args.train_steps))
                 line["pipeline_over_train"] = round(line["tokens_per_s"] / line["train_tokens_per_s"], 1)
             yield line
 
@@ -233,12 +222,13 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=int, default=256, help="rows per packing window (data.pack_window)")
     parser.add_argument("--pipeline-docs", type=int, default=20_000)
     parser.add_argument("--pipeline-batches", type=int, default=200)
-    parser.add_argument("--train-steps", type=int, default=5, help="train steps timed for the ratio (0: skip)")
+    parser.add_argument("--skip-packers", action="store_true", help="only the pipeline lines")
+    parser.add_argument("--train-steps", type=int, default=3, help="train steps timed for the ratio (0: skip)")
     args = parser.parse_args(argv)
     docs_by_variant = {}
     for variant in args.variants:
         docs_by_variant[variant] = docs = make_documents(args.docs, variant)
-        for line in bench_packers(args, variant, docs):
+        for line in [] if args.skip_packers else bench_packers(args, variant, docs):
             print(json.dumps(line), flush=True)
     for line in bench_pipeline(args, docs_by_variant):
         print(json.dumps(line), flush=True)
