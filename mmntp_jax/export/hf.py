@@ -22,31 +22,17 @@ import ml_dtypes
 import numpy as np
 
 from mmntp_jax.export import bundle, hf_layout, safetensors_io, text_tokenizer
-from mmntp_jax.export.reader import CheckpointError, CheckpointReader, flatten
+from mmntp_jax.export.reader import CheckpointError, CheckpointReader
 from mmntp_jax.export.staging import check_output, staged_output
 
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 VOCAB_FILE = "mmntp_vocab.json"
 
 
-def expected_shapes(cfg) -> dict[str, tuple[int, ...]]:
-    import jax
-
-    from mmntp_jax.model.init import init_params
-
-    abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-    return {name: tuple(a.shape) for name, a in flatten(abstract).items()}
-
-
 def check_params(reader: CheckpointReader) -> dict:
-    """Params metadata of the reader, checked against its config; returns {name: ArrayInfo}."""
-    cfg = reader.config.model
-    info = reader.params_info()
-    hf_layout.check_expressible(cfg, info)
-    for name, shape in expected_shapes(cfg).items():
-        if info[name].shape != shape:
-            raise CheckpointError(f"{reader.state_dir}: parameter {name} has shape {info[name].shape}, config.json implies {shape}")
-    return info
+    """Params metadata of the reader, checked exportable and against its config; {name: ArrayInfo}."""
+    hf_layout.check_expressible(reader.config.model, reader.params_info())
+    return reader.checked_params_info()
 
 
 def tensor_plans(reader: CheckpointReader, info: dict, dtype: np.dtype) -> list[safetensors_io.TensorPlan]:

@@ -166,3 +166,60 @@ def hf_config(cfg: ModelConfig, dtype: str, *, bos_id: int, eos_id: int, pad_id:
     else:
         out.update(mlp_bias=False, pretraining_tp=1)
     return out
+
+
+IMPORTABLE_TYPES = ("llama", "mistral", "qwen3")
+
+
+def _rope_theta(hf: dict) -> float:
+    params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    for source in (params, scaling):
+        kind = source.get("rope_type", source.get("type", "default"))
+        if kind != "default":
+            raise NotExpressible(f"config.json: RoPE scaling {kind!r} is not supported (only plain RoPE)")
+    return float(hf.get("rope_theta", params.get("rope_theta", 10000.0)))
+
+
+def model_config_from_hf(hf: dict, base: ModelConfig, vocab_size: int) -> ModelConfig:
+    """Our ModelConfig for a Hugging Face Llama/Mistral/Qwen3 config.json (inverse of `hf_config`).
+
+    Fields that only affect compute (dtype, attention implementation, remat …)
+    come from `base`; anything the backbone cannot represent raises NotExpressible.
+    """
+    import dataclasses
+
+    model_type = hf.get("model_type")
+    if model_type not in IMPORTABLE_TYPES:
+        raise NotExpressible(f"config.json: model_type {model_type!r} is not importable; expected one of {', '.join(IMPORTABLE_TYPES)}")
+    checks = {
+        "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
+        "attention_bias": (bool(hf.get("attention_bias", False)), False),
+        "mlp_bias": (bool(hf.get("mlp_bias", False)), False),
+        "use_sliding_window": (bool(hf.get("use_sliding_window", False)), False),
+    }
+    for key, (value, wanted) in checks.items():
+        if value != wanted:
+            raise NotExpressible(f"config.json: {key}={value!r} is not supported (the backbone needs {wanted!r})")
+    window = hf.get("sliding_window")
+    if model_type == "mistral" and window is not None and window < hf.get("max_position_embeddings", 0):
+        raise NotExpressible(f"config.json: sliding_window={window} is not supported (full attention only)")
+    if any(t != "full_attention" for t in hf.get("layer_types") or []):
+        raise NotExpressible("config.json: layer_types other than full_attention are not supported")
+    d_model, n_heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+    head_dim = int(hf.get("head_dim") or d_model // n_heads)
+    return dataclasses.replace(
+        base,
+        vocab_size=vocab_size,
+        d_model=d_model,
+        n_layers=int(hf["num_hidden_layers"]),
+        n_heads=n_heads,
+        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
+        head_dim=0 if head_dim * n_heads == d_model else head_dim,
+        d_ff=int(hf["intermediate_size"]),
+        rope_theta=_rope_theta(hf),
+        qk_norm=model_type == "qwen3",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        max_seq_len=int(hf.get("max_position_embeddings", base.max_seq_len)),
+    )

@@ -122,6 +122,21 @@ class CheckpointReader:
             raise CheckpointError(f"checkpoint {self.state_dir} holds no 'params' (keys: {', '.join(self.tree)})")
         return flatten(self.tree["params"])
 
+    def checked_params_info(self) -> dict[str, ArrayInfo]:
+        """params_info, after checking every array against the shapes config.json implies."""
+        import jax
+
+        from mmntp_jax.model.init import init_params
+
+        info = self.params_info()
+        abstract = flatten(jax.eval_shape(lambda: init_params(self.config.model, jax.random.key(0))))
+        for name in sorted(set(abstract) | set(info)):
+            want = tuple(abstract[name].shape) if name in abstract else "nothing"
+            got = info[name].shape if name in info else "nothing"
+            if want != got:
+                raise CheckpointError(f"{self.state_dir}: parameter {name} has shape {got}, config.json implies {want}")
+        return info
+
     def mesh(self) -> dict[str, int] | None:
         """Axis sizes of the mesh the parameters were written from (None if unrecorded)."""
         for info in self.params_info().values():

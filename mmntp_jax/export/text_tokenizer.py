@@ -167,13 +167,14 @@ class HFTextTokenizer:
 
 
 def workdir_text_tokenizer(workdir, vocab: Vocab):
-    """The workdir's text tokenizer: its tokenizer.json when present, else the byte tokenizer."""
+    """The workdir's text tokenizer: its tokenizer.json when present, else the byte tokenizer
+    (None when neither applies: a text range of other than 256 ids and no tokenizer.json)."""
     from mmntp_jax.tokenizers.text import ByteTokenizer
 
     path = Path(str(workdir)).joinpath(*TEXT_TOKENIZER_PATH)
     if path.exists():
         return HFTextTokenizer(path, vocab)
-    return ByteTokenizer(vocab)
+    return ByteTokenizer(vocab) if vocab.range_size("text") == 256 else None
 
 
 def workdir_tokenizer_json(workdir, vocab: Vocab) -> str:
