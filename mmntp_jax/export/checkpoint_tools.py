@@ -85,6 +85,7 @@ def inspect(workdir, step: int | None = None) -> dict:
         "step": reader.step,
         "mesh": reader.mesh(),
         "devices": provenance.get("devices"),
+        "source": provenance.get("consolidated_from") or provenance.get("imported_from"),
         "params": {"count": int(sum(np.prod(r["shape"], dtype=np.int64) for r in params)), "bytes": sum(r["bytes"] for r in params), "arrays": params},
         "opt_state": {"arrays": len(opt), "bytes": sum(r["bytes"] for r in opt)},
         "other": other,
@@ -101,11 +102,11 @@ def _human(n: float) -> str:
 
 def format_inspect(report: dict) -> str:
     mesh = report["mesh"]
-    mesh_text = " × ".join(f"{k}={v}" for k, v in mesh.items()) if mesh else "not recorded"
+    mesh_text = "mesh " + " × ".join(f"{k}={v}" for k, v in mesh.items()) if mesh else ("one device" if mesh == {} else "an unrecorded mesh")
     lines = [
         f"workdir {report['workdir']}",
         "steps   " + ", ".join(f"{s['step']} ({_human(s['disk_bytes'])})" for s in report["steps"]),
-        f"step    {report['step']}, written from mesh {mesh_text}",
+        f"step    {report['step']}, written from {mesh_text}" + (f"; from {report['source']}" if report.get("source") else ""),
         f"params  {report['params']['count']:,} values, {_human(report['params']['bytes'])}; "
         f"optimizer state {report['opt_state']['arrays']} arrays, {_human(report['opt_state']['bytes'])}",
         "",

@@ -32,7 +32,7 @@ class CheckpointError(FileNotFoundError):
 class ArrayInfo:
     shape: tuple[int, ...]
     dtype: np.dtype
-    mesh: dict[str, int] | None  # axis name → size of the mesh the array was written from
+    mesh: dict[str, int] | None  # axis name → size of the writing mesh; {} one device; None unrecorded
     partition_spec: tuple | None
 
     @property
@@ -73,7 +73,9 @@ def checkpoint_steps(workdir) -> list[int]:
 def _array_info(meta) -> ArrayInfo:
     sharding = getattr(meta, "sharding", None)
     mesh = spec = None
-    if sharding is not None and hasattr(sharding, "axis_names"):
+    if sharding is not None and type(sharding).__name__ == "SingleDeviceShardingMetadata":
+        mesh = {}  # written from one device
+    elif sharding is not None and hasattr(sharding, "axis_names"):
         mesh = {str(a): int(s) for a, s in zip(sharding.axis_names, np.asarray(sharding.shape).tolist())}
         spec = tuple(sharding.partition_spec)
     return ArrayInfo(tuple(int(d) for d in meta.shape), np.dtype(meta.dtype), mesh, spec)
@@ -138,11 +140,9 @@ class CheckpointReader:
         return info
 
     def mesh(self) -> dict[str, int] | None:
-        """Axis sizes of the mesh the parameters were written from (None if unrecorded)."""
-        for info in self.params_info().values():
-            if info.mesh:
-                return info.mesh
-        return None
+        """Axis sizes of the mesh the parameters were written from ({} one device, None unrecorded)."""
+        meshes = [info.mesh for info in self.params_info().values() if info.mesh is not None]
+        return max(meshes, key=len) if meshes else None
 
     # -- data ---------------------------------------------------------------
     def _store(self, name: str, key: str):
