@@ -42,13 +42,13 @@ def tensor_plans(reader: CheckpointReader, info: dict, dtype: np.dtype) -> list[
     def plan(mapping, index=None):
         shape = info[mapping.ours].shape[1:] if index is not None else info[mapping.ours].shape
         name = mapping.hf.format(i=index)
-        produce = lambda: hf_layout.to_hf(mapping.kind, reader.read(mapping.ours, index)).astype(dtype)
+        produce = lambda: np.ascontiguousarray(hf_layout.to_hf(mapping.kind, reader.read(mapping.ours, index)), dtype=dtype)
         return safetensors_io.TensorPlan(name, hf_layout.hf_shape(mapping.kind, shape), dtype, produce)
 
     present = [m for m in hf_layout.MAPPINGS if m.ours in info]
     plans = [plan(m) for m in present if m.ours == "embed_tokens.embedding"]
-    for i in range(cfg.n_layers):
-        plans += [plan(m, i) for m in present if m.per_layer]
+    for m in present:  # all layers of one stacked array in a row: each storage chunk is read once
+        plans += [plan(m, i) for i in range(cfg.n_layers)] if m.per_layer else []
     plans += [plan(m) for m in present if not m.per_layer and m.ours != "embed_tokens.embedding"]
     return plans
 

@@ -102,6 +102,7 @@ class CheckpointReader:
         self.vocab = Vocab.load(vocab_path) if vocab_path.exists() else None
         self._tree = None
         self._stores: dict = {}
+        self._block = None  # (key, first index, array): the storage chunk row last read
 
     # -- metadata -----------------------------------------------------------
     @property
@@ -169,11 +170,25 @@ class CheckpointReader:
         return store
 
     def read(self, name: str, index: int | None = None, *, prefix: str = "params") -> np.ndarray:
-        """Parameter `name` (e.g. 'layers.mlp.up_proj'), or only `[index]` of its leading axis."""
+        """Parameter `name` (e.g. 'layers.mlp.up_proj'), or only `[index]` of its leading axis.
+
+        A storage chunk is decompressed whole, so when a chunk spans several
+        indices the chunk row holding `index` is read once and kept until a
+        read falls outside it: reading index after index costs one pass and
+        holds at most one chunk row.
+        """
         key = f"{prefix}.{name}" if prefix else name
         store = self._store(name, key)
-        data = store[index] if index is not None else store
-        return np.asarray(data.read().result())
+        if index is None:
+            return np.asarray(store.read().result())
+        rows = int(store.chunk_layout.read_chunk.shape[0] or 1)
+        if rows <= 1:
+            return np.asarray(store[index].read().result())
+        start = index // rows * rows
+        if self._block is None or self._block[:2] != (key, start):
+            self._block = None
+            self._block = (key, start, np.asarray(store[start : start + rows].read().result()))
+        return self._block[2][index - start]
 
     def read_params(self, dtype=None) -> dict:
         """All parameters as a nested dict of numpy arrays (optionally cast)."""

@@ -87,7 +87,7 @@ def write_file(path, tensors: list[TensorPlan], metadata: dict[str, str] | None 
                 raise ValueError(f"safetensors: tensor {t.name} has shape {array.shape}, planned {tuple(t.shape)}")
             if array.dtype != np.dtype(t.dtype):
                 array = array.astype(t.dtype)
-            f.write(array.tobytes())  # hosts are little-endian (x86, ARM), as the format is
+            f.write(array.reshape(-1).view(np.uint8).data)  # no copy; hosts are little-endian, as the format is
             total += t.nbytes
             if on_tensor is not None:
                 on_tensor(t)
