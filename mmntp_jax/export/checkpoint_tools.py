@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from mmntp_jax.config import to_json
-from mmntp_jax.export.reader import CheckpointError, CheckpointReader, unflatten
-from mmntp_jax.export.staging import check_output, staged_output
+from mmntp_jax.export.reader import CheckpointReader, open_for_output, unflatten
+from mmntp_jax.export.staging import staged_output
 
 CONSOLIDATE_DTYPES = ("float32", "bfloat16")
 
@@ -127,10 +127,7 @@ def consolidate(workdir, out, *, step: int | None = None, dtype: str | None = No
 
     if dtype is not None and dtype not in CONSOLIDATE_DTYPES:
         raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(CONSOLIDATE_DTYPES)}")
-    check_output(out, force)
-    reader = CheckpointReader(workdir, step)
-    if reader.vocab is None:
-        raise CheckpointError(f"{reader.workdir} has no vocab.json")
+    reader = open_for_output(workdir, step, out, force)
     info = reader.checked_params_info()
     target = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}.get(dtype)
     flat = {}

@@ -22,11 +22,17 @@ import ml_dtypes
 import numpy as np
 
 from mmntp_jax.export import bundle, hf_layout, safetensors_io, text_tokenizer
-from mmntp_jax.export.reader import CheckpointError, CheckpointReader
-from mmntp_jax.export.staging import check_output, staged_output
+from mmntp_jax.export.reader import CheckpointReader, open_for_output
+from mmntp_jax.export.staging import staged_output
 
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 VOCAB_FILE = "mmntp_vocab.json"
+
+
+def export_dtype(name: str) -> np.dtype:
+    if name not in EXPORT_DTYPES:
+        raise ValueError(f"--dtype {name!r}: expected one of {', '.join(EXPORT_DTYPES)}")
+    return EXPORT_DTYPES[name]
 
 
 def check_params(reader: CheckpointReader) -> dict:
@@ -59,18 +65,13 @@ def _write_json(path: Path, data) -> None:
 
 def export_hf(workdir, out, *, step: int | None = None, dtype: str = "float32", shard_size: int | None = None, force: bool = False, progress: bool = False) -> dict:
     """Exports checkpoint `step` (latest if None) of `workdir` to the folder `out`; returns a summary."""
-    if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(EXPORT_DTYPES)}")
-    check_output(out, force)
-    reader = CheckpointReader(workdir, step)
-    if reader.vocab is None:
-        raise CheckpointError(f"{reader.workdir} has no vocab.json; the export needs the vocabulary layout")
+    np_dtype = export_dtype(dtype)
+    reader = open_for_output(workdir, step, out, force)
     cfg, vocab = reader.config.model, reader.vocab
-    vocab.check_model_vocab(cfg.vocab_size)
     info = check_params(reader)
     tokenizer_json = text_tokenizer.workdir_tokenizer_json(reader.workdir, vocab)
     modality_tokenizers = bundle.modality_tokenizers(reader.workdir, vocab)
-    plans = tensor_plans(reader, info, EXPORT_DTYPES[dtype])
+    plans = tensor_plans(reader, info, np_dtype)
     arch = hf_layout.architecture(cfg)
 
     from tqdm import tqdm

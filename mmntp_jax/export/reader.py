@@ -51,15 +51,7 @@ def flatten(tree, prefix: str = "") -> dict:
     return out
 
 
-def unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for name, value in flat.items():
-        node = tree
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
+from mmntp_jax.export.stablehlo_runner import unflatten  # noqa: E402  (the runner is dependency-free)
 
 
 def checkpoint_steps(workdir) -> list[int]:
@@ -200,3 +192,16 @@ class CheckpointReader:
     def provenance(self) -> dict:
         path = self.workdir / "provenance.json"
         return json.loads(path.read_text()) if path.exists() else {}
+
+
+def open_for_output(workdir, step: int | None, out, force: bool) -> CheckpointReader:
+    """The reader of `workdir` at `step` for a tool writing `out`: the output folder is checked
+    first (nothing is read or written when it is not empty), and vocab.json must be present."""
+    from mmntp_jax.export.staging import check_output
+
+    check_output(out, force)
+    reader = CheckpointReader(workdir, step)
+    if reader.vocab is None:
+        raise CheckpointError(f"{reader.workdir} has no vocab.json; the output needs the vocabulary layout")
+    reader.vocab.check_model_vocab(reader.config.model.vocab_size)
+    return reader

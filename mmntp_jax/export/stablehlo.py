@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from mmntp_jax.export import safetensors_io
-from mmntp_jax.export.hf import EXPORT_DTYPES, VOCAB_FILE
-from mmntp_jax.export.reader import CheckpointError, CheckpointReader, unflatten
-from mmntp_jax.export.staging import check_output, staged_output
+from mmntp_jax.export.hf import VOCAB_FILE, export_dtype
+from mmntp_jax.export.reader import open_for_output, unflatten
+from mmntp_jax.export.staging import staged_output
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 RUNNER = Path(__file__).with_name("stablehlo_runner.py")
@@ -96,18 +96,13 @@ def manifest(cfg, vocab, step: int, dtype: str, platforms) -> dict:
 
 def export_stablehlo(workdir, out, *, step: int | None = None, dtype: str = "float32", platforms=PLATFORMS, force: bool = False) -> dict:
     """Writes the StableHLO folder for checkpoint `step` (latest if None) of `workdir`."""
-    if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(EXPORT_DTYPES)}")
+    np_dtype = export_dtype(dtype)
     unknown = sorted(set(platforms) - set(PLATFORMS))
     if unknown or not platforms:
         raise ValueError(f"--platforms {','.join(platforms)}: expected a subset of {','.join(PLATFORMS)}")
-    check_output(out, force)
-    reader = CheckpointReader(workdir, step)
-    if reader.vocab is None:
-        raise CheckpointError(f"{reader.workdir} has no vocab.json")
+    reader = open_for_output(workdir, step, out, force)
     cfg = reader.config.model
     info = reader.checked_params_info()
-    np_dtype = EXPORT_DTYPES[dtype]
     params_spec = unflatten({name: jax.ShapeDtypeStruct(a.shape, np_dtype) for name, a in info.items()})
     exported_forward, exported_decode = export_functions(cfg, params_spec, tuple(platforms))
     plans = [
