@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")  # the [hf] extra; transformers comes with it and must then import
+import transformers  # noqa: E402
 
 from export_workdirs import TINY, random_workdir, trained_workdir  # noqa: E402
 

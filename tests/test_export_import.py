@@ -9,12 +9,13 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")  # the [hf] extra; transformers comes with it and must then import
+import transformers  # noqa: E402
 
 from export_workdirs import TINY, random_workdir  # noqa: E402
 
 from mmntp_jax.api import load  # noqa: E402
+from mmntp_jax.cli import main  # noqa: E402
 from mmntp_jax.config import ModelConfig  # noqa: E402
 from mmntp_jax.data.vocab import Vocab  # noqa: E402
 from mmntp_jax.export import hf_layout  # noqa: E402
@@ -127,7 +128,7 @@ def test_import_then_export_keeps_every_tensor(imported, tmp_path):
         np.testing.assert_allclose(reloaded(torch.as_tensor(ids + 16)).logits.numpy()[..., 16 : 16 + V_HF], model(torch.as_tensor(ids)).logits.numpy(), atol=1e-5)
 
 
-def test_mmntp_export_import_export_is_identity(tmp_path):
+def test_mmntp_export_import_export_is_identity(tmp_path, capsys):
     vocab = Vocab.build(text=256, image=16)
     workdir, params = random_workdir(tmp_path / "wd", ModelConfig(**{**TINY, "vocab_size": vocab.size}), seed=3, vocab=vocab)
     modality = workdir / "tokenizers" / "image"
@@ -135,7 +136,8 @@ def test_mmntp_export_import_export_is_identity(tmp_path):
     (modality / "config.json").write_text(json.dumps({"kind": "fake"}))
     (modality / "model.safetensors").write_bytes(b"fake weights")
     export_hf(workdir, tmp_path / "a")
-    summary = import_hf(tmp_path / "a", tmp_path / "imported")
+    assert main(["import", "hf", "--model", str(tmp_path / "a"), "--out", str(tmp_path / "imported"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["text_id_shift"] == 0 and summary["modality_tokenizers"] == ["image"] and not summary["text_tokenizer"]
     back = flatten(CheckpointReader(tmp_path / "imported").read_params())
     assert set(back) == set(flatten(params))

@@ -40,12 +40,25 @@ print(json.dumps(m.greedy([1, 40, 50], 4)))
 """
 
 
+def run_cli(argv) -> str:
+    import contextlib
+    import io
+
+    from mmntp_jax.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    return out.getvalue()
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("shlo")
     cfg = ModelConfig(**{**TINY, "qk_norm": True})
     workdir, params = random_workdir(root / "wd", cfg, seed=4)
-    summary = export_stablehlo(workdir, root / "out", platforms=("cpu",))
+    argv = ["export", "stablehlo", "--workdir", str(workdir), "--out", str(root / "out"), "--platforms", "cpu", "--json"]
+    summary = json.loads(run_cli(argv))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", RELOAD, str(root / "reloaded.npz")], cwd=root / "out", env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

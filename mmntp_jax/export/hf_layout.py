@@ -222,4 +222,5 @@ def model_config_from_hf(hf: dict, base: ModelConfig, vocab_size: int) -> ModelC
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         max_seq_len=int(hf.get("max_position_embeddings", base.max_seq_len)),
+        init_std=float(hf.get("initializer_range", base.init_std)),
     )
