@@ -18,6 +18,7 @@ from mmntp_jax.tokenizers.quantizers.codebook import (
     restart_dead_codes,
 )
 from mmntp_jax.tokenizers.quantizers.fsq import FSQ_PRESETS, fsq, fsq_codes_to_vectors, fsq_implicit_codebook, fsq_levels
+from mmntp_jax.tokenizers.quantizers.lfq import bsq, bsq_codes_to_vectors, lfq, lfq_codes_to_vectors, lfq_entropy_terms
 from mmntp_jax.tokenizers.quantizers.residual import (
     dropout_num_active,
     residual_quantize,
@@ -28,10 +29,25 @@ from mmntp_jax.tokenizers.quantizers.residual import (
     rvq_residuals,
     rvq_restart_dead_codes,
 )
+from mmntp_jax.tokenizers.quantizers.residual_scalar import (
+    residual_fsq,
+    residual_fsq_codes_to_vectors,
+    residual_lfq,
+    residual_lfq_codes_to_vectors,
+)
 from mmntp_jax.tokenizers.quantizers.types import QuantOut, VQState, init_vq_state, vq_state
 from mmntp_jax.tokenizers.quantizers.vq import nearest_codes, rotation_trick, straight_through, vq, vq_codes_to_vectors
 
 __all__ = [
+    "residual_lfq_codes_to_vectors",
+    "residual_lfq",
+    "residual_fsq_codes_to_vectors",
+    "residual_fsq",
+    "lfq_entropy_terms",
+    "lfq_codes_to_vectors",
+    "lfq",
+    "bsq_codes_to_vectors",
+    "bsq",
     "FSQ_PRESETS",
     "QuantOut",
     "VQState",
