@@ -56,9 +56,10 @@ def residual_fsq(
     [−1, 1] instead of applying tanh.
     """
     scales_QL = fsq_layer_scales(levels, num_quantizers)
+    z_in = z.astype(jnp.float32)
     if hard_clamp:
         clamp_L = jnp.asarray(1.0 + 1.0 / (np.asarray(levels, np.float32) - 1.0))
-        z = jnp.tanh(z.astype(jnp.float32) / clamp_L) * clamp_L
+        z_in = jnp.tanh(z_in / clamp_L) * clamp_L
 
     def layer(i, residual):
         scale = jnp.asarray(scales_QL[i])
@@ -66,7 +67,8 @@ def residual_fsq(
         return out._replace(z_q=out.z_q.astype(jnp.float32) * scale)
 
     active = _num_active(dropout_key, num_quantizers, dropout_cutoff, num_active)
-    return residual_quantize(z, layer, num_quantizers, num_active=active, straight_through_total=False)
+    out = residual_quantize(z_in, layer, num_quantizers, num_active=active, straight_through_total=False)
+    return out._replace(z_q=out.z_q.astype(z.dtype))
 
 
 def residual_fsq_codes_to_vectors(codes: jax.Array, levels: Sequence[int], *, preserve_symmetry: bool = True) -> jax.Array:
