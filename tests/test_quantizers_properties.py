@@ -56,7 +56,7 @@ CASES = dict(
 )
 
 
-@settings(max_examples=10, deadline=None, derandomize=True)
+@settings(max_examples=8, deadline=None, derandomize=True)
 @given(**CASES)
 def test_shapes_dtypes_ranges_and_round_trip(name, lead, dtype, seed):
     check_shapes_dtypes_ranges_and_round_trip(name, lead, dtype, seed)
@@ -86,7 +86,7 @@ def check_shapes_dtypes_ranges_and_round_trip(name, lead, dtype, seed):
     np.testing.assert_array_equal(codes, np.asarray(ref.codes))
 
 
-@settings(max_examples=7, deadline=None, derandomize=True)
+@settings(max_examples=5, deadline=None, derandomize=True)
 @given(name=st.sampled_from(sorted(QUANTIZERS)), batch=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_vmap_equals_per_example(name, batch, seed):
     d, _, quantize, _, _ = JITTED[name]
@@ -96,7 +96,7 @@ def test_vmap_equals_per_example(name, batch, seed):
         np.testing.assert_array_equal(np.asarray(codes[b]), np.asarray(quantize(z[b]).codes))
 
 
-@settings(max_examples=3, deadline=None, derandomize=True)
+@settings(max_examples=2, deadline=None, derandomize=True)
 @given(h=st.integers(4, 9), w=st.integers(4, 9), seed=st.integers(0, 2**16))
 def test_msvq_any_latent_size(h, w, seed):
     scales = ((1, 1), (2, 2), (h // 2, w // 2), (h, w))

@@ -27,6 +27,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="fsq,lfq,vq,rvq", help="comma-separated subset of fsq,lfq,vq,rvq")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for XLA and torch")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (compilation, allocator)")
     p.add_argument("--min-reps", type=int, default=3, help="timed steps per row at least")
     p.add_argument("--min-seconds", type=float, default=3.0, help="time each row at least this long")
     p.add_argument("--batch", type=int, default=16)
@@ -51,8 +52,8 @@ BETA = 0.25
 
 
 def median_ms(step, min_reps, min_seconds):
-    step()  # warm-up (compilation / allocator)
-    step()
+    for _ in range(ARGS.warmup):
+        step()
     times, start = [], time.perf_counter()
     while len(times) < min_reps or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()
