@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -66,51 +67,40 @@ def median_ms(step, min_reps, min_seconds):
 
 
 def jax_step(name, z, w, rng):
-    """A jitted training step and its state, closed over so the caller only calls it."""
-    if name in ("fsq", "lfq"):
-        quantize = (lambda z: fsq(z, [8, 5, 5, 5])) if name == "fsq" else (lambda z: lfq(z, entropy_weight=0.1, commitment_weight=BETA))
+    """A jitted training step with its state held in a closure, so the caller only calls it.
 
+    The step quantizes, takes the gradient of Σ w·z_q + aux_loss w.r.t. z,
+    returns the codes and, for EMA codebooks, the updated state.
+    """
+    if name == "fsq":
+        quantize, update, state = (lambda z, s: fsq(z, [8, 5, 5, 5])), None, None
+    elif name == "lfq":
+        quantize, update, state = (lambda z, s: lfq(z, entropy_weight=0.1, commitment_weight=BETA)), None, None
+    elif name == "vq":
+        quantize, update = partial(vq, beta=BETA), partial(ema_update, decay=DECAY)
+        state = vq_state(jnp.asarray(rng.randn(8192, 256), jnp.float32))
+    elif name == "rvq":
+        quantize, update = partial(rvq, beta=BETA), partial(rvq_ema_update, decay=DECAY)
+        state = jax.tree.map(lambda *x: jnp.stack(x), *[vq_state(jnp.asarray(rng.randn(1024, 128), jnp.float32)) for _ in range(8)])
+    else:
+        raise ValueError(f"unknown row {name!r}")
+
+    @jax.jit
+    def step(state, z):
         def loss(z):
-            out = quantize(z)
+            out = quantize(z, state)
             return jnp.sum(out.z_q * w) + out.aux_loss, out.codes
 
-        f = jax.jit(jax.value_and_grad(loss, has_aux=True))
-        return lambda: jax.block_until_ready(f(z))
-    if name == "vq":
-        state = [vq_state(jnp.asarray(rng.randn(8192, 256), jnp.float32))]
+        (_, codes), grad = jax.value_and_grad(loss, has_aux=True)(z)
+        return (state if update is None else update(state, z, codes)), grad, codes
 
-        @jax.jit
-        def f(state, z):
-            def loss(z):
-                out = vq(z, state, beta=BETA)
-                return jnp.sum(out.z_q * w) + out.aux_loss, out.codes
+    held = [state]
 
-            (_, codes), g = jax.value_and_grad(loss, has_aux=True)(z)
-            return ema_update(state, z, codes, decay=DECAY), g, codes
+    def run():
+        held[0], grad, codes = step(held[0], z)
+        jax.block_until_ready((grad, codes))
 
-        def run():
-            state[0], g, codes = f(state[0], z)
-            jax.block_until_ready((g, codes))
-
-        return run
-    if name == "rvq":
-        states = [jax.tree.map(lambda *x: jnp.stack(x), *[vq_state(jnp.asarray(rng.randn(1024, 128), jnp.float32)) for _ in range(8)])]
-
-        @jax.jit
-        def f(states, z):
-            def loss(z):
-                out = rvq(z, states, beta=BETA)
-                return jnp.sum(out.z_q * w) + out.aux_loss, out.codes
-
-            (_, codes), g = jax.value_and_grad(loss, has_aux=True)(z)
-            return rvq_ema_update(states, z, codes, decay=DECAY), g, codes
-
-        def run():
-            states[0], g, codes = f(states[0], z)
-            jax.block_until_ready((g, codes))
-
-        return run
-    raise ValueError(f"unknown row {name!r}")
+    return run
 
 
 # ---------------------------------------------------------------- vector-quantize-pytorch steps
