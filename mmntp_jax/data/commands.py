@@ -21,6 +21,8 @@ import sys
 
 
 def _experiment_tokenizers(path: str) -> dict:
+    if not path.endswith(".py"):  # a resolved config.json names no tokenizers
+        return {}
     spec = importlib.util.spec_from_file_location("mmntp_data_experiment", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
