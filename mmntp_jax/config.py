@@ -65,8 +65,7 @@ class DataConfig:
     source: str = "stdlib"
     path: str = ""
     eval_fraction: float = 0.02
-    shuffle_buffer: int = 1024
-    pack_window: int = 64
+    pack_window: int = 256
     num_workers: int = 0
     read_threads: int = 2
     mixture: tuple = ()
