@@ -19,6 +19,8 @@ from mmntp_jax.tokenizers.quantizers import (
     msvq,
     msvq_codes_to_vectors,
     msvq_ema_update,
+    msvq_inputs,
+    msvq_update,
     resample_matrix,
     split_codes,
     tokens_per_image,
@@ -62,12 +64,19 @@ def test_group_vq_shared_codebook_and_state_updates(grouped):
     for g in range(4):
         one = one_update(vq_state(cbs[g]), jnp.asarray(z[..., 3 * g : 3 * g + 3]), out.codes[..., g])
         np.testing.assert_allclose(np.asarray(new.codebook_CK[g]), np.asarray(one.codebook_CK), rtol=1e-5, atol=1e-6)
-    restarted = jax.jit(partial(group_vq_restart_dead_codes, threshold=0.5))(new, jnp.asarray(z), jax.random.key(0))
-    dead = np.asarray(new.cluster_size_C) < 0.5
+    restarted = jax.jit(partial(group_vq_restart_dead_codes, threshold=0.95))(new, jnp.asarray(z), jax.random.key(0))
+    dead = np.asarray(new.cluster_size_C) < 0.95  # codes no token chose
+    assert dead.any() and not dead.all()
+    np.testing.assert_array_equal(np.asarray(restarted.codebook_CK)[~dead], np.asarray(new.codebook_CK)[~dead])
     rows = z.reshape(-1, 4, 3)
     for g in range(4):
         for c in np.nonzero(dead[g])[0]:
             assert np.min(np.abs(rows[:, g] - np.asarray(restarted.codebook_CK[g, c])).sum(-1)) < 1e-6
+
+
+@pytest.mark.slow
+def test_group_vq_kmeans_init_equals_per_group_kmeans(grouped):
+    z, _ = grouped
     fresh = jax.tree.map(lambda *x: jnp.stack(x), *[init_vq_state(jax.random.key(0), 4, 3, kmeans=True)] * 4)
     init = jax.jit(partial(group_vq_kmeans_init, iters=2))(fresh, jnp.asarray(z), jax.random.key(1))
     assert bool(jnp.all(init.initted))
@@ -139,6 +148,14 @@ def test_msvq_var_scales_ema_and_gradient():
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6)
     new = jax.jit(partial(msvq_ema_update, decay=0.5))(state, z, out.codes)
     np.testing.assert_allclose(float(new.cluster_size_C.sum()), 64 * 0.5 + 680 * 0.5, rtol=1e-5)
+    # restart: codes under threshold take rows of the forward pass's per-scale residuals
+    rows, _ = jax.jit(msvq_inputs)(state, z, out.codes)
+    both = jax.jit(partial(msvq_update, decay=0.5, threshold=4.0))(state, z, out.codes, jax.random.key(0))
+    dead = np.asarray(new.cluster_size_C) < 4.0
+    assert dead.any() and not dead.all()
+    np.testing.assert_allclose(np.asarray(both.codebook_CK)[~dead], np.asarray(new.codebook_CK)[~dead], rtol=1e-6)
+    for row in np.asarray(both.codebook_CK)[dead]:
+        assert np.min(np.abs(np.asarray(rows) - row).sum(-1)) < 1e-6
     coarse = jax.jit(partial(msvq_codes_to_vectors, size=(16, 16), scales=(1,)))(out.codes[:, :1], cb)
     np.testing.assert_allclose(np.asarray(coarse[0, 0, 0]), np.asarray(cb[out.codes[0, 0]]), atol=1e-5)
 

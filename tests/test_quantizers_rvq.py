@@ -15,7 +15,9 @@ from mmntp_jax.tokenizers.quantizers import (
     rvq_codes_to_vectors,
     rvq_ema_update,
     rvq_kmeans_init,
+    rvq_residuals,
     rvq_restart_dead_codes,
+    rvq_update,
     vq_state,
 )
 
@@ -99,8 +101,20 @@ def test_ema_update_per_layer_matches_single_layer_updates(data):
         ref = one_update(vq_state(cb), jnp.asarray(residual), out.codes[..., i])
         np.testing.assert_allclose(np.asarray(new.codebook_CK[i]), np.asarray(ref.codebook_CK), rtol=1e-4, atol=1e-5)
         residual = residual - cb[np.asarray(out.codes[..., i])]
-    restarted = jax.jit(partial(rvq_restart_dead_codes, threshold=0.5))(new, jnp.asarray(z), out.codes, jax.random.key(0))
-    assert restarted.codebook_CK.shape == states.codebook_CK.shape
+    forward_residuals = rvq_residuals(jnp.asarray(z), out.codes, states)
+    restart = jax.jit(partial(rvq_restart_dead_codes, threshold=0.95))
+    restarted = restart(new, jnp.asarray(z), out.codes, jax.random.key(0), residuals=forward_residuals)
+    both = jax.jit(partial(rvq_update, decay=0.9, threshold=0.95))(states, jnp.asarray(z), out.codes, jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(both.codebook_CK), np.asarray(restarted.codebook_CK), rtol=1e-6, atol=1e-6)
+    dead = np.asarray(new.cluster_size_C) < 0.95  # codes no token chose, per layer
+    assert dead.any() and not dead.all()
+    np.testing.assert_array_equal(np.asarray(restarted.codebook_CK)[~dead], np.asarray(new.codebook_CK)[~dead])
+    # a restarted code of layer i is one of the residuals layer i saw
+    residual = z.reshape(-1, 6)
+    for i, cb in enumerate(cbs):
+        for c in np.nonzero(dead[i])[0]:
+            assert np.min(np.abs(residual - np.asarray(restarted.codebook_CK[i, c])).sum(-1)) < 1e-5
+        residual = residual - cb[np.asarray(out.codes[..., i]).reshape(-1)]
 
 
 def test_kmeans_init_layer_by_layer(data):

@@ -31,6 +31,8 @@ from mmntp_jax.tokenizers.quantizers.msvq import (
     msvq,
     msvq_codes_to_vectors,
     msvq_ema_update,
+    msvq_inputs,
+    msvq_update,
     scale_shapes,
     split_codes,
     tokens_per_image,
@@ -45,6 +47,7 @@ from mmntp_jax.tokenizers.quantizers.residual import (
     rvq_kmeans_init,
     rvq_residuals,
     rvq_restart_dead_codes,
+    rvq_update,
 )
 from mmntp_jax.tokenizers.quantizers.residual_scalar import (
     residual_fsq,
@@ -85,6 +88,8 @@ __all__ = [
     "msvq",
     "msvq_codes_to_vectors",
     "msvq_ema_update",
+    "msvq_inputs",
+    "msvq_update",
     "nearest_codes",
     "resample_matrix",
     "residual_fsq",
@@ -101,6 +106,7 @@ __all__ = [
     "rvq_kmeans_init",
     "rvq_residuals",
     "rvq_restart_dead_codes",
+    "rvq_update",
     "scale_shapes",
     "split_codes",
     "straight_through",

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mmntp_jax.tokenizers.quantizers.stats import AxisName, code_counts, usage_metrics
+from mmntp_jax.tokenizers.quantizers.stats import MAX_USAGE_CODES, AxisName, code_counts, usage_metrics
 from mmntp_jax.tokenizers.quantizers.types import QuantOut
 
 # Recommended levels per target codebook size (Mentzer et al. 2023, table 1).
@@ -98,7 +98,7 @@ def fsq(
     noise_dropout, key: with probability `noise_dropout` per element, replace
         the rounding by uniform noise in [-0.5, 0.5) (needs preserve_symmetry).
     aux_loss is 0 (FSQ needs none); metrics: usage and perplexity of the
-    implicit codebook in this batch.
+    implicit codebook in this batch (codebooks up to 2^20 codes).
     """
     levels_L = _check_levels(levels, preserve_symmetry)
     if z.shape[-1] != levels_L.size:
@@ -122,7 +122,8 @@ def fsq(
         mask = jax.random.bernoulli(k_mask, noise_dropout, zhat_L.shape)
         noise = jax.random.uniform(k_noise, zhat_L.shape, jnp.float32) - 0.5
         zhat_L = jnp.clip(jnp.where(mask, zhat_L + noise, zhat_L), -1.0, 1.0)
-    metrics = usage_metrics(code_counts(codes, int(np.prod(levels_L)), axis_name))
+    size = int(np.prod(levels_L))
+    metrics = usage_metrics(code_counts(codes, size, axis_name)) if size <= MAX_USAGE_CODES else {}
     return QuantOut(zhat_L.astype(z.dtype), codes, jnp.float32(0.0), metrics)
 
 

@@ -27,10 +27,8 @@ import numpy as np
 from jax import lax
 
 from mmntp_jax.tokenizers.quantizers.fsq import weighted_channel_sum
-from mmntp_jax.tokenizers.quantizers.stats import AxisName, code_counts, entropy, global_mean, global_sum, mse, usage_metrics
+from mmntp_jax.tokenizers.quantizers.stats import MAX_USAGE_CODES, AxisName, code_counts, entropy, global_mean, global_sum, mse, usage_metrics
 from mmntp_jax.tokenizers.quantizers.types import QuantOut, l2norm
-
-MAX_USAGE_BITS = 20  # usage/perplexity metrics are counted for codebooks up to 2^20
 
 
 def _bit_matrix(bits: int) -> np.ndarray:
@@ -114,7 +112,7 @@ def lfq(
         aux = aux + entropy_weight * (per_token - diversity_gamma * codebook_entropy)
         metrics["per_sample_entropy"] = lax.stop_gradient(per_token)
         metrics["codebook_entropy"] = lax.stop_gradient(codebook_entropy)
-    if k <= MAX_USAGE_BITS:
+    if 2**k <= MAX_USAGE_CODES:
         usage = [usage_metrics(code_counts(codes_NG[:, g], 2**k, axis_name)) for g in range(num_codebooks)]
         metrics.update({name: sum(u[name] for u in usage) / num_codebooks for name in usage[0]})
     lead = z.shape[:-1]

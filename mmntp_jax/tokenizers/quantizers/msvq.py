@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mmntp_jax.tokenizers.quantizers.codebook import ema_update
+from mmntp_jax.tokenizers.quantizers.codebook import ema_update, restart_dead_codes
 from mmntp_jax.tokenizers.quantizers.resample import resize
 from mmntp_jax.tokenizers.quantizers.stats import AxisName, code_counts, mse, usage_metrics
 from mmntp_jax.tokenizers.quantizers.types import QuantOut, VQState, l2norm
@@ -147,6 +147,30 @@ def msvq_codes_to_vectors(
     return f_hat
 
 
+def msvq_inputs(
+    state_or_codebook: VQState | jax.Array,
+    z: jax.Array,
+    codes_BT: jax.Array,
+    *,
+    scales: Sequence[int | tuple[int, int]] = VAR_SCALES,
+    upsample: str = "bicubic",
+    phi: Phi | None = None,
+    cosine: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """(rows [T·B, D], codes [T·B]): every scale's down-sampled residual and the code it got,
+    recomputed from the codes with the codebook of the forward pass."""
+    shapes = _check(z, scales)
+    codebook_CD, _ = codebook_array(state_or_codebook)
+    if cosine:
+        codebook_CD = l2norm(codebook_CD)
+    walk = _walk(lax.stop_gradient(z.astype(jnp.float32)), codebook_CD, shapes, upsample, phi, cosine, split_codes(codes_BT, shapes))
+    rows, codes = [], []
+    for r_BPQD, codes_BPQ, _ in walk:
+        rows.append(r_BPQD.reshape(-1, r_BPQD.shape[-1]))
+        codes.append(codes_BPQ.reshape(-1))
+    return jnp.concatenate(rows), jnp.concatenate(codes)
+
+
 def msvq_ema_update(
     state: VQState,
     z: jax.Array,
@@ -159,13 +183,26 @@ def msvq_ema_update(
     **ema_options,
 ) -> VQState:
     """EMA step of the shared codebook from every scale's down-sampled residual and its codes."""
-    shapes = _check(z, scales)
-    codebook_CD = lax.stop_gradient(state.codebook_CK)
-    if cosine:
-        codebook_CD = l2norm(codebook_CD)
-    walk = _walk(lax.stop_gradient(z.astype(jnp.float32)), codebook_CD, shapes, upsample, phi, cosine, split_codes(codes_BT, shapes))
-    rows, codes = [], []
-    for r_BPQD, codes_BPQ, _ in walk:
-        rows.append(r_BPQD.reshape(-1, r_BPQD.shape[-1]))
-        codes.append(codes_BPQ.reshape(-1))
-    return ema_update(state, jnp.concatenate(rows), jnp.concatenate(codes), cosine=cosine, **ema_options)
+    rows, codes = msvq_inputs(state, z, codes_BT, scales=scales, upsample=upsample, phi=phi, cosine=cosine)
+    return ema_update(state, rows, codes, cosine=cosine, **ema_options)
+
+
+def msvq_update(
+    state: VQState,
+    z: jax.Array,
+    codes_BT: jax.Array,
+    key: jax.Array,
+    *,
+    scales: Sequence[int | tuple[int, int]] = VAR_SCALES,
+    upsample: str = "bicubic",
+    phi: Phi | None = None,
+    cosine: bool = False,
+    decay: float = 0.99,
+    eps: float = 1e-5,
+    threshold: float = 2.0,
+    axis_name: AxisName = None,
+) -> VQState:
+    """EMA step then dead-code restart, both from the forward pass's per-scale residuals."""
+    rows, codes = msvq_inputs(state, z, codes_BT, scales=scales, upsample=upsample, phi=phi, cosine=cosine)
+    state = ema_update(state, rows, codes, decay=decay, eps=eps, cosine=cosine, axis_name=axis_name)
+    return restart_dead_codes(state, rows, key, threshold=threshold, cosine=cosine, axis_name=axis_name)

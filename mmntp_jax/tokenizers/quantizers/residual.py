@@ -151,9 +151,10 @@ def rvq_residuals(z: jax.Array, codes: jax.Array, codebooks: jax.Array | VQState
     return out
 
 
-def _per_layer(states: VQState, z, codes, fn, *, cosine=False, keys=None):
+def _per_layer(states: VQState, z, codes, fn, *, cosine=False, keys=None, residuals=None):
     q_layers, shared = _num_layers(states, codes.shape[-1])
-    residuals = rvq_residuals(z, codes, states, cosine=cosine)
+    if residuals is None:
+        residuals = rvq_residuals(z, codes, states, cosine=cosine)
     if shared:
         r_all = jnp.concatenate([r.reshape(-1, r.shape[-1]) for r in residuals])
         c_all = jnp.concatenate([codes[..., i].reshape(-1) for i in range(q_layers)])
@@ -162,15 +163,54 @@ def _per_layer(states: VQState, z, codes, fn, *, cosine=False, keys=None):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *new)
 
 
-def rvq_ema_update(states: VQState, z: jax.Array, codes: jax.Array, *, cosine: bool = False, **ema_options) -> VQState:
-    """EMA step for every layer (a shared codebook learns from all layers' residuals at once)."""
-    return _per_layer(states, z, codes, lambda s, r, c, _: ema_update(s, r, c, cosine=cosine, **ema_options), cosine=cosine)
+def rvq_ema_update(
+    states: VQState, z: jax.Array, codes: jax.Array, *, cosine: bool = False, residuals: list[jax.Array] | None = None, **ema_options
+) -> VQState:
+    """EMA step for every layer (a shared codebook learns from all layers' residuals at once).
+
+    The layers' inputs are recomputed from `codes` with `states`, which must
+    be the codebooks of the forward pass, or given as `residuals`.
+    """
+    fn = lambda s, r, c, _: ema_update(s, r, c, cosine=cosine, **ema_options)  # noqa: E731
+    return _per_layer(states, z, codes, fn, cosine=cosine, residuals=residuals)
 
 
-def rvq_restart_dead_codes(states: VQState, z: jax.Array, codes: jax.Array, key: jax.Array, *, cosine: bool = False, **options) -> VQState:
-    """Dead-code restart per layer, from the residuals that layer saw."""
+def rvq_restart_dead_codes(
+    states: VQState,
+    z: jax.Array,
+    codes: jax.Array,
+    key: jax.Array,
+    *,
+    cosine: bool = False,
+    residuals: list[jax.Array] | None = None,
+    **options,
+) -> VQState:
+    """Dead-code restart per layer, from the residuals that layer saw.
+
+    After `rvq_ema_update` the states no longer reproduce the forward pass:
+    pass `residuals=rvq_residuals(z, codes, forward_states)` (as `rvq_update` does).
+    """
     keys = jax.random.split(key, codes.shape[-1])
-    return _per_layer(states, z, codes, lambda s, r, c, k: restart_dead_codes(s, r, k, cosine=cosine, **options), cosine=cosine, keys=keys)
+    fn = lambda s, r, c, k: restart_dead_codes(s, r, k, cosine=cosine, **options)  # noqa: E731
+    return _per_layer(states, z, codes, fn, cosine=cosine, keys=keys, residuals=residuals)
+
+
+def rvq_update(
+    states: VQState,
+    z: jax.Array,
+    codes: jax.Array,
+    key: jax.Array,
+    *,
+    decay: float = 0.99,
+    eps: float = 1e-5,
+    threshold: float = 2.0,
+    cosine: bool = False,
+    axis_name: AxisName = None,
+) -> VQState:
+    """The usual training-step update: EMA for every layer, then dead-code restart, both from the forward pass's residuals."""
+    residuals = rvq_residuals(z, codes, states, cosine=cosine)
+    states = rvq_ema_update(states, z, codes, cosine=cosine, residuals=residuals, decay=decay, eps=eps, axis_name=axis_name)
+    return rvq_restart_dead_codes(states, z, codes, key, cosine=cosine, residuals=residuals, threshold=threshold, axis_name=axis_name)
 
 
 def rvq_kmeans_init(states: VQState, z: jax.Array, key: jax.Array, *, cosine: bool = False, axis_name: AxisName = None, **options) -> VQState:

@@ -21,6 +21,10 @@ from jax import lax
 
 AxisName = str | tuple[str, ...] | None
 
+# Implicit codebooks larger than this get no usage/perplexity metrics (the
+# per-code histogram would cost more than the quantizer).
+MAX_USAGE_CODES = 2**20
+
 
 def global_sum(x: jax.Array, axis_name: AxisName) -> jax.Array:
     return x if axis_name is None else lax.psum(x, axis_name)
