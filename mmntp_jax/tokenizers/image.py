@@ -23,11 +23,13 @@ from mmntp_jax.tokenizers.bottleneck import Bottleneck, QuantizerConfig
 
 @dataclass(frozen=True)
 class ImageTokenizerConfig:
-    """factor: spatial down-sampling 4, 8 or 16 (channel_mult has log2(factor) + 1 entries)."""
+    """factor: spatial down-sampling 4, 8 or 16 = patch · 2^(len(channel_mult) − 1); patch > 1
+    starts with a pixel-unshuffle instead of full-resolution convolutions."""
 
     image_size: int = 32
     in_channels: int = 3
     factor: int = 4
+    patch: int = 1
     channels: int = 64
     channel_mult: tuple = (1, 2, 2)
     num_res_blocks: int = 1
@@ -41,8 +43,11 @@ class ImageTokenizerConfig:
 
         if self.factor not in (2, 4, 8, 16, 32):
             raise ConfigError(f"config key '{prefix}.factor': {self.factor} is not one of 2, 4, 8, 16, 32")
-        if len(self.channel_mult) != int(math.log2(self.factor)) + 1:
-            raise ConfigError(f"config key '{prefix}.channel_mult': factor {self.factor} needs {int(math.log2(self.factor)) + 1} entries, got {self.channel_mult}")
+        if self.patch < 1 or self.factor % self.patch:
+            raise ConfigError(f"config key '{prefix}.patch': {self.patch} does not divide {prefix}.factor={self.factor}")
+        levels = int(math.log2(self.factor // self.patch)) + 1
+        if len(self.channel_mult) != levels:
+            raise ConfigError(f"config key '{prefix}.channel_mult': factor {self.factor} with patch {self.patch} needs {levels} entries, got {self.channel_mult}")
         if self.image_size % self.factor:
             raise ConfigError(f"config key '{prefix}.image_size': {self.image_size} is not divisible by {prefix}.factor={self.factor}")
         for name in ("image_size", "in_channels", "channels", "num_res_blocks", "z_channels", "norm_groups"):
@@ -68,11 +73,11 @@ class ImageTokenizer(nnx.Module):
         self.config = config
         c, q = config, config.quantizer
         arch = (c.channels, c.channel_mult, c.num_res_blocks, c.z_channels, c.norm_groups, c.attention)
-        self.encoder = Encoder(c.in_channels, *arch, rngs=rngs)
+        self.encoder = Encoder(c.in_channels, *arch, patch=c.patch, rngs=rngs)
         self.quant_conv = nnx.Conv(c.z_channels, q.code_dim, (1, 1), rngs=rngs)
         self.quantize = Bottleneck(q, rngs=rngs)
         self.post_quant_conv = nnx.Conv(q.code_dim, c.z_channels, (1, 1), rngs=rngs)
-        self.decoder = Decoder(c.in_channels, *arch, rngs=rngs)
+        self.decoder = Decoder(c.in_channels, *arch, patch=c.patch, rngs=rngs)
 
     # -- sizes -----------------------------------------------------------------
     @property
