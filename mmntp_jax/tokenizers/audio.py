@@ -185,6 +185,3 @@ class AudioTokenizer(nnx.Module):
         codes = codes_BN.reshape(codes_BN.shape[0], -1, n)
         zq_BFD = self.quantize.lookup(codes if q > 1 else codes[..., 0])
         return jnp.clip(self.decode_latent(zq_BFD), -1.0, 1.0)
-
-    def last_layer(self):
-        return self.decoder_conv_out

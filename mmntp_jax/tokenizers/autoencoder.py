@@ -235,12 +235,16 @@ class Decoder(nnx.Module):
         self.conv_norm_out = GroupNorm(cin, groups)
         self.conv_out = Conv(cin, out_channels * patch * patch, video=video, rngs=rngs)
 
-    def __call__(self, z):
+    def features(self, z):
+        """Everything before the output convolution."""
         h = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             h = block(h)
-        return depth_to_space(self.conv_out(jax.nn.silu(self.conv_norm_out(h))), self.patch)
+        return jax.nn.silu(self.conv_norm_out(h))
 
-    def last_layer(self) -> nnx.Param:
-        """The output kernel (the adaptive GAN weight compares gradients there)."""
-        return self.conv_out.conv.kernel
+    def head(self, h):
+        """The output convolution (the layer whose gradients set the adaptive GAN weight)."""
+        return depth_to_space(self.conv_out(h), self.patch)
+
+    def __call__(self, z):
+        return self.head(self.features(z))

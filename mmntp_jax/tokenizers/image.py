@@ -122,6 +122,3 @@ class ImageTokenizer(nnx.Module):
         zq_BhwD = self.quantize.lookup(codes_BN.reshape(grid))
         return jnp.clip(self.decode_latent(zq_BhwD), 0.0, 1.0)
 
-    def last_layer(self):
-        return self.decoder.last_layer()
-

@@ -134,9 +134,6 @@ class VideoTokenizer(nnx.Module):
         grid = (codes_BN.shape[0], t, h, w) + ((q,) if q > 1 else ())
         return jnp.clip(self.decode_latent(self.quantize.lookup(codes_BN.reshape(grid))), 0.0, 1.0)
 
-    def last_layer(self):
-        return self.decoder.last_layer()
-
 
 def inflate_from_image(video: VideoTokenizer, image: ImageTokenizer) -> None:
     """Copies an image tokenizer's weights into `video` (same architecture and quantizer).
