@@ -18,6 +18,24 @@ from mmntp_jax.tokenizers.quantizers.codebook import (
     restart_dead_codes,
 )
 from mmntp_jax.tokenizers.quantizers.fsq import FSQ_PRESETS, fsq, fsq_codes_to_vectors, fsq_implicit_codebook, fsq_levels
+from mmntp_jax.tokenizers.quantizers.group import (
+    group_vq,
+    group_vq_codes_to_vectors,
+    group_vq_ema_update,
+    group_vq_kmeans_init,
+    group_vq_restart_dead_codes,
+)
+from mmntp_jax.tokenizers.quantizers.lfq import bsq, bsq_codes_to_vectors, lfq, lfq_codes_to_vectors, lfq_entropy_terms
+from mmntp_jax.tokenizers.quantizers.msvq import (
+    VAR_SCALES,
+    msvq,
+    msvq_codes_to_vectors,
+    msvq_ema_update,
+    scale_shapes,
+    split_codes,
+    tokens_per_image,
+)
+from mmntp_jax.tokenizers.quantizers.resample import resample_matrix, resize
 from mmntp_jax.tokenizers.quantizers.residual import (
     dropout_num_active,
     residual_quantize,
@@ -28,13 +46,22 @@ from mmntp_jax.tokenizers.quantizers.residual import (
     rvq_residuals,
     rvq_restart_dead_codes,
 )
+from mmntp_jax.tokenizers.quantizers.residual_scalar import (
+    residual_fsq,
+    residual_fsq_codes_to_vectors,
+    residual_lfq,
+    residual_lfq_codes_to_vectors,
+)
 from mmntp_jax.tokenizers.quantizers.types import QuantOut, VQState, init_vq_state, vq_state
 from mmntp_jax.tokenizers.quantizers.vq import nearest_codes, rotation_trick, straight_through, vq, vq_codes_to_vectors
 
 __all__ = [
     "FSQ_PRESETS",
     "QuantOut",
+    "VAR_SCALES",
     "VQState",
+    "bsq",
+    "bsq_codes_to_vectors",
     "cluster_stats",
     "dropout_num_active",
     "ema_update",
@@ -42,13 +69,30 @@ __all__ = [
     "fsq_codes_to_vectors",
     "fsq_implicit_codebook",
     "fsq_levels",
+    "group_vq",
+    "group_vq_codes_to_vectors",
+    "group_vq_ema_update",
+    "group_vq_kmeans_init",
+    "group_vq_restart_dead_codes",
     "init_vq_state",
     "kmeans",
     "kmeans_init",
     "kmeans_plusplus",
     "laplace_smoothing",
+    "lfq",
+    "lfq_codes_to_vectors",
+    "lfq_entropy_terms",
+    "msvq",
+    "msvq_codes_to_vectors",
+    "msvq_ema_update",
     "nearest_codes",
+    "resample_matrix",
+    "residual_fsq",
+    "residual_fsq_codes_to_vectors",
+    "residual_lfq",
+    "residual_lfq_codes_to_vectors",
     "residual_quantize",
+    "resize",
     "restart_dead_codes",
     "rotation_trick",
     "rvq",
@@ -57,7 +101,10 @@ __all__ = [
     "rvq_kmeans_init",
     "rvq_residuals",
     "rvq_restart_dead_codes",
+    "scale_shapes",
+    "split_codes",
     "straight_through",
+    "tokens_per_image",
     "vq",
     "vq_codes_to_vectors",
     "vq_state",

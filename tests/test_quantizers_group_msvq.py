@@ -1,0 +1,131 @@
+"""Grouped VQ against per-group VQ; multi-scale VQ against a numpy VAR reference and torch resampling."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmntp_jax.tokenizers.quantizers import (
+    ema_update,
+    group_vq,
+    group_vq_codes_to_vectors,
+    group_vq_ema_update,
+    group_vq_kmeans_init,
+    group_vq_restart_dead_codes,
+    init_vq_state,
+    msvq,
+    msvq_codes_to_vectors,
+    msvq_ema_update,
+    resample_matrix,
+    split_codes,
+    tokens_per_image,
+    vq,
+    vq_state,
+)
+
+
+def stack_states(cbs):
+    return jax.tree.map(lambda *x: jnp.stack(x), *[vq_state(c) for c in cbs])
+
+
+@pytest.fixture(scope="module")
+def grouped():
+    rs = np.random.RandomState(0)
+    return rs.randn(3, 20, 12).astype(np.float32), rs.randn(4, 16, 3).astype(np.float32)
+
+
+def test_group_vq_equals_one_vq_per_group(grouped):
+    z, cbs = grouped
+    out = jax.jit(partial(group_vq, beta=0.5))(jnp.asarray(z), jnp.asarray(cbs))
+    assert out.codes.shape == (3, 20, 4) and out.z_q.shape == z.shape
+    parts = [vq(jnp.asarray(z[..., 3 * g : 3 * g + 3]), jnp.asarray(cbs[g]), beta=0.5) for g in range(4)]
+    for g, p in enumerate(parts):
+        np.testing.assert_array_equal(np.asarray(out.codes[..., g]), np.asarray(p.codes))
+        np.testing.assert_allclose(np.asarray(out.z_q[..., 3 * g : 3 * g + 3]), np.asarray(p.z_q), atol=1e-6)
+    np.testing.assert_allclose(float(out.aux_loss), np.mean([float(p.aux_loss) for p in parts]), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(group_vq_codes_to_vectors(out.codes, jnp.asarray(cbs))), np.asarray(out.z_q), atol=1e-6)
+
+
+def test_group_vq_shared_codebook_and_state_updates(grouped):
+    z, cbs = grouped
+    shared = group_vq(jnp.asarray(z), jnp.asarray(cbs[0]), num_groups=4)
+    ref = vq(jnp.asarray(z.reshape(3, 20, 4, 3)), jnp.asarray(cbs[0]))
+    np.testing.assert_array_equal(np.asarray(shared.codes), np.asarray(ref.codes))
+    states = stack_states(cbs)
+    out = group_vq(jnp.asarray(z), states)
+    new = jax.jit(partial(group_vq_ema_update, decay=0.9))(states, jnp.asarray(z), out.codes)
+    for g in range(4):
+        one = ema_update(vq_state(cbs[g]), jnp.asarray(z[..., 3 * g : 3 * g + 3]), out.codes[..., g], decay=0.9)
+        np.testing.assert_allclose(np.asarray(new.codebook_CK[g]), np.asarray(one.codebook_CK), rtol=1e-5, atol=1e-6)
+    restarted = group_vq_restart_dead_codes(new, jnp.asarray(z), jax.random.key(0), threshold=0.5)
+    dead = np.asarray(new.cluster_size_C) < 0.5
+    rows = z.reshape(-1, 4, 3)
+    for g in range(4):
+        for c in np.nonzero(dead[g])[0]:
+            assert np.min(np.abs(rows[:, g] - np.asarray(restarted.codebook_CK[g, c])).sum(-1)) < 1e-6
+    fresh = jax.tree.map(lambda *x: jnp.stack(x), *[init_vq_state(jax.random.key(0), 4, 3, kmeans=True)] * 4)
+    init = group_vq_kmeans_init(fresh, jnp.asarray(z), jax.random.key(1), iters=2)
+    assert bool(jnp.all(init.initted)) and float(jnp.abs(init.codebook_CK).min(axis=(1, 2)).max()) >= 0.0
+
+
+def np_msvq(z, cb, shapes, mode="bicubic"):
+    """VAR's multi-scale residual quantization written directly in numpy (float64)."""
+    b, h, w, d = z.shape
+    f_rest, f_hat, codes = z.astype(np.float64), np.zeros(z.shape), []
+    for p, q in shapes:
+        a_ph, a_qw = resample_matrix(p, h, "area"), resample_matrix(q, w, "area")
+        r = np.einsum("ph,bhwd,qw->bpqd", a_ph, f_rest, a_qw)
+        c = ((r[..., None, :] - cb) ** 2).sum(-1).argmin(-1)
+        codes.append(c.reshape(b, -1))
+        u_hp, u_wq = resample_matrix(h, p, mode), resample_matrix(w, q, mode)
+        up = np.einsum("hp,bpqd,wq->bhwd", u_hp, cb[c], u_wq) if (p, q) != (h, w) else cb[c]
+        f_hat, f_rest = f_hat + up, f_rest - up
+    return np.concatenate(codes, -1), f_hat
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_msvq_matches_numpy_reference(mode):
+    rs = np.random.RandomState(1)
+    z, cb = rs.randn(2, 8, 8, 4).astype(np.float32), rs.randn(32, 4).astype(np.float32)
+    scales = (1, 2, 3, 5, 8)
+    out = jax.jit(partial(msvq, scales=scales, upsample=mode))(jnp.asarray(z), jnp.asarray(cb))
+    ref_codes, ref_hat = np_msvq(z, cb, [(s, s) for s in scales], mode)
+    assert out.codes.shape == (2, tokens_per_image(scales)) == (2, 1 + 4 + 9 + 25 + 64)
+    np.testing.assert_array_equal(np.asarray(out.codes), ref_codes)
+    np.testing.assert_allclose(np.asarray(out.z_q), ref_hat, atol=1e-4)
+    back = msvq_codes_to_vectors(out.codes, jnp.asarray(cb), (8, 8), scales=scales, upsample=mode)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(out.z_q), atol=1e-5)
+    assert [m.shape for m in split_codes(out.codes, scales)] == [(2, s, s) for s in scales]
+
+
+def test_resample_matrices_match_torch_interpolate():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = np.random.RandomState(2).randn(1, 2, 13, 10).astype(np.float32)
+    for mode, size, src in [("area", (5, 3), x), ("bicubic", (16, 16), x[..., :4, :6]), ("bilinear", (16, 7), x[..., :4, :6])]:
+        ref = F.interpolate(torch.tensor(src), size=size, mode=mode).numpy()
+        ours = np.einsum("ph,bchw,qw->bcpq", resample_matrix(size[0], src.shape[2], mode), src, resample_matrix(size[1], src.shape[3], mode))
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_msvq_var_scales_ema_and_gradient():
+    rs = np.random.RandomState(3)
+    z, cb = jnp.asarray(rs.randn(1, 16, 16, 4), jnp.float32), jnp.asarray(rs.randn(64, 4), jnp.float32)
+    state = vq_state(cb)
+    w = jnp.asarray(rs.randn(1, 16, 16, 4), jnp.float32)
+    (loss, out), g = jax.jit(jax.value_and_grad(lambda z: (jnp.sum(msvq(z, state).z_q * w), msvq(z, state)), has_aux=True))(z)
+    assert out.codes.shape == (1, 680)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6)
+    new = jax.jit(partial(msvq_ema_update, decay=0.5))(state, z, out.codes)
+    np.testing.assert_allclose(float(new.cluster_size_C.sum()), 64 * 0.5 + 680 * 0.5, rtol=1e-5)
+    coarse = msvq_codes_to_vectors(out.codes[:, :1], cb, (16, 16), scales=(1,))
+    np.testing.assert_allclose(np.asarray(coarse[0, 0, 0]), np.asarray(cb[out.codes[0, 0]]), atol=1e-5)
+
+
+def test_msvq_bad_inputs():
+    with pytest.raises(ValueError, match="channels last"):
+        msvq(jnp.zeros((4, 8)), jnp.zeros((8, 8)))
+    with pytest.raises(ValueError, match="exceed"):
+        msvq(jnp.zeros((1, 4, 4, 2)), jnp.zeros((8, 2)), scales=(1, 8))
