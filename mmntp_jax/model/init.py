@@ -18,7 +18,7 @@ from mmntp_jax.sharding import state_partition_specs
 def _spec_tree_to_dict(tree):
     if isinstance(tree, PartitionSpec):
         return tree
-    return {k: _spec_tree_to_dict(v) for k, v in tree.items()}
+    return {k: _spec_tree_to_dict(v) for k, v in tree.items()}  # nnx.State is a Mapping
 
 
 def abstract_model(cfg):
@@ -33,7 +33,7 @@ def graphdef(cfg):
 def param_specs(cfg) -> dict:
     """Nested dict of PartitionSpec (mesh axes) matching the params dict."""
     _, state = abstract_model(cfg)
-    return _spec_tree_to_dict(state_partition_specs(state).to_pure_dict())
+    return _spec_tree_to_dict(state_partition_specs(state))
 
 
 def param_shardings(cfg, mesh) -> dict:
