@@ -89,12 +89,13 @@ def evaluate_all(module_fn, kind: str, config, items: np.ndarray, *, batch_size:
     """`evaluate`, and for residual audio codecs the figures at every bitrate level (`q<n>/…`)."""
     figures, recs = evaluate(module_fn, kind, config, items, batch_size=batch_size)
     if kind == "audio":
-        figures["bitrate"] = config.bitrate()
+        module = module_fn()
+        figures["bitrate"] = module.bitrate()
         if config.quantizer.kind == "rvq":
             for n in bitrate_levels(config.quantizer.num_quantizers):
                 f, _ = evaluate(module_fn, kind, config, items, batch_size=batch_size, n_quantizers=n)
                 figures.update({f"q{n}/{k}": v for k, v in f.items() if k in ("si_snr", "mel_distance", "codebook_usage", "perplexity")})
-                figures[f"q{n}/bitrate"] = config.bitrate(n)
+                figures[f"q{n}/bitrate"] = module.bitrate(n)
     return figures, recs
 
 

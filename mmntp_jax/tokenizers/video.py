@@ -8,7 +8,8 @@ Videos are float32 `[B, T, H, W, C]` in [0, 1]. Every convolution is causal in
 time and normalisation and attention work frame by frame, so latent step j (and
 its tokens) depends only on frames ≤ F·j: step 0 codes the first frame alone,
 like an image, and step j ≥ 1 the clip of frames F(j−1)+1 … F·j given the past.
-Tokens are time-major raster order (`[T', h, w, Q]` flattened).
+Tokens are time-major raster order (`[T', h, w, Q]` flattened; multi-scale codes
+per latent step).
 
 Vocabulary sharing: with the same architecture and quantizer as an image
 tokenizer, `inflate_from_image` copies the image weights into the causal 3-D
@@ -84,7 +85,7 @@ class VideoTokenizer(nnx.Module):
         opts = dict(patch=c.patch, video=True, downs=c.downs, rngs=rngs)
         self.encoder = Encoder(c.in_channels, *arch, **opts)
         self.quant_conv = nnx.Conv(c.z_channels, q.code_dim, (1, 1), rngs=rngs)
-        self.quantize = Bottleneck(q, rngs=rngs)
+        self.quantize = Bottleneck(q, spatial_dims=2, rngs=rngs)
         self.post_quant_conv = nnx.Conv(q.code_dim, c.z_channels, (1, 1), rngs=rngs)
         self.decoder = Decoder(c.in_channels, *arch, **opts)
 
@@ -98,8 +99,7 @@ class VideoTokenizer(nnx.Module):
 
     def tokens_per_item(self, shape=None) -> int:
         """Tokens of one video of `shape` ([T, H, W(, C)]; default frames × image_size²)."""
-        t, h, w = self.latent_shape(shape)
-        return t * h * w * self.config.quantizer.codes_per_position
+        return math.prod(self.quantize.codes_shape(self.latent_shape(shape)))
 
     def check(self, x) -> None:
         c = self.config
@@ -128,11 +128,12 @@ class VideoTokenizer(nnx.Module):
     def decode(self, codes_BN, shape=None):
         """Tokens `[B, N]` → videos `[B, T, H, W, C]` in [0, 1] (default frames × image_size²)."""
         t, h, w = self.latent_shape(shape)
-        q = self.config.quantizer.codes_per_position
-        if codes_BN.ndim != 2 or codes_BN.shape[1] != t * h * w * q:
-            raise ValueError(f"video tokenizer: expected codes [B, {t * h * w * q}] for {t}×{h}×{w} latents, got shape {tuple(codes_BN.shape)}")
-        grid = (codes_BN.shape[0], t, h, w) + ((q,) if q > 1 else ())
-        return jnp.clip(self.decode_latent(self.quantize.lookup(codes_BN.reshape(grid))), 0.0, 1.0)
+        n = self.tokens_per_item(shape)
+        if codes_BN.ndim != 2 or codes_BN.shape[1] != n:
+            raise ValueError(f"video tokenizer: expected codes [B, {n}] for {t}×{h}×{w} latents, got shape {tuple(codes_BN.shape)}")
+        latent = (codes_BN.shape[0], t, h, w)
+        zq = self.quantize.lookup(codes_BN.reshape(self.quantize.codes_shape(latent)), latent)
+        return jnp.clip(self.decode_latent(zq), 0.0, 1.0)
 
 
 def inflate_from_image(video: VideoTokenizer, image: ImageTokenizer) -> None:
