@@ -54,15 +54,21 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 def cmd_train(args) -> int:
     import jax
 
+    from mmntp_jax.cli import CommandError
     from mmntp_jax.tokenizers import experiment
+    from mmntp_jax.tokenizers.media import MediaError
     from mmntp_jax.tokenizers.tokenizer_train import train
+    from mmntp_jax.train.loop import RunConflict
 
     exp = experiment.load(args.config, args.overrides, device_count=jax.device_count())
     if args.print_config:
         print(experiment.to_json(exp))
         return 0
     workdir = args.workdir or f"workdirs/tokenizers/{exp.name}"
-    summary = train(exp, workdir)
+    try:
+        summary = train(exp, workdir)
+    except (RunConflict, MediaError) as err:
+        raise CommandError(str(err)) from None
     return 130 if summary.get("interrupted") else 0
 
 

@@ -11,6 +11,7 @@ tokenizer is exported to `workdir/tokenizer/` (safetensors + JSON, see `io`).
 from __future__ import annotations
 
 import json
+import resource
 import time
 
 import jax
@@ -28,6 +29,12 @@ from mmntp_jax.train.loop import RunConflict, StopSignal, _flatten, enable_compi
 from mmntp_jax.train.metrics import MetricsWriter, provenance
 
 RESUMABLE = ("train.steps", "train.progress", "train.log_every", "train.eval_every", "train.samples", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
+
+
+def process_cpu_seconds() -> float:
+    """CPU time (user + system, all threads) this process has used: the fair clock on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def check_workdir(workdir: epath.Path, exp) -> None:
@@ -108,7 +115,7 @@ def _loop(builder, state, train_items, eval_items, checkpointer, writer, start, 
             if step % t.log_every == 0 or step == t.steps or stop.received:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items() if np.isfinite(v)}
                 step_s = (time.perf_counter() - window_start) / window_steps
-                values.update(step_s=step_s, items_per_s=t.batch_size / step_s)
+                values.update(step_s=step_s, items_per_s=t.batch_size / step_s, cpu_s=process_cpu_seconds())
                 writer.write(step, values, prefix="train/")
                 bar.set_postfix(loss=f"{values['loss']:.4f}", **({"psnr": f"{values['psnr']:.1f}"} if "psnr" in values else {}))
                 summary.update({f"train/{k}": v for k, v in values.items()})
