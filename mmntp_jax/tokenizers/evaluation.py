@@ -4,6 +4,7 @@ Dimension legend: B batch, N items, Q codes per position, C codebook size.
 
 Figures (one flat dict of floats; `evaluate` returns it, `mmntp tokenizer eval --json` prints it):
     psnr            image/video: mean over items of 10·log10(1 / MSE), pixels in [0, 1]
+                    (MSE floored at 1e-6, so one perfect item counts as 60 dB, not infinity)
     mse             image/video: mean squared error
     si_snr          audio: mean scale-invariant SNR (dB)
     mel_distance    audio: mean |log-mel(x̂) − log-mel(x)| (64 bands, n_fft 1024, hop 256)
@@ -25,6 +26,8 @@ import numpy as np
 from mmntp_jax.tokenizers import media
 from mmntp_jax.tokenizers.datasets import to_float
 from mmntp_jax.tokenizers.spectral import mel_distance, si_snr
+
+MIN_MSE = 1e-6
 
 
 def code_statistics(codes_NQ: np.ndarray, vocab_size: int) -> dict:
@@ -50,7 +53,7 @@ def _item_metrics(kind: str, sample_rate: int):
             return {"si_snr": si_snr(rec, x), "mel_distance": mel_distance(rec, x, sample_rate)}, out.codes, rec
         rec = jnp.clip(rec, 0.0, 1.0)
         mse = jnp.mean(jnp.square(rec - x), axis=tuple(range(1, x.ndim)))
-        return {"mse": mse, "psnr": 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))}, out.codes, rec
+        return {"mse": mse, "psnr": 10.0 * jnp.log10(1.0 / jnp.maximum(mse, MIN_MSE))}, out.codes, rec
 
     return fn
 

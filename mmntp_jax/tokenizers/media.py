@@ -8,7 +8,7 @@ resized to S (Lanczos), then the centre S×S square is cropped.
 
 `photo_crops` cuts random S×S crops from the colour and grey photographs that
 scikit-image ships (no downloads); the right-most quarter of every photograph
-is held out for the eval split.
+is held out for the eval split, and flat crops (pixel std < 0.02) are redrawn.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MIN_CROP_STD = 0.02
 PHOTOGRAPHS = ("astronaut", "camera", "chelsea", "clock", "coffee", "coins", "immunohistochemistry", "moon", "rocket")
 
 
@@ -103,13 +104,16 @@ def photo_crops(n: int, size: int = 32, *, seed: int = 0, split: str = "train", 
     photos = _photographs()
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     crops, positions = np.empty((n, size, size, 3), np.float32), []
-    for i in range(n):
+    while len(positions) < n:
         k = int(rng.integers(len(photos)))
         H, W = photos[k].shape[:2]
         cut = (3 * W) // 4
         lo, hi = (0, cut - size) if split == "train" else (cut, W - size)
         top, left = int(rng.integers(0, H - size + 1)), int(rng.integers(lo, hi + 1))
-        crops[i] = photos[k][top:top + size, left:left + size]
+        crop = photos[k][top:top + size, left:left + size]
+        if crop.std() < MIN_CROP_STD:  # flat (e.g. black sky) crops say nothing about a tokenizer
+            continue
+        crops[len(positions)] = crop
         positions.append((k, top, left))
     return (crops, positions) if return_positions else crops
 

@@ -166,7 +166,7 @@ class TokenizerStepBuilder:
             metrics["gan/d_loss"] = d_loss
         metrics |= {"loss": loss, "grad_norm": global_norm(grads), "lr": self.schedule(state.step)}
         if self.kind != "audio":
-            metrics["psnr"] = jnp.mean(10.0 * jnp.log10(1.0 / jnp.maximum(jnp.mean(jnp.square(jnp.clip(rec, 0, 1) - x), axis=tuple(range(1, x.ndim))), 1e-10)))
+            metrics["psnr"] = jnp.mean(10.0 * jnp.log10(1.0 / jnp.maximum(jnp.mean(jnp.square(jnp.clip(rec, 0, 1) - x), axis=tuple(range(1, x.ndim))), 1e-6)))
         new_state = state.replace(step=state.step + 1, params=params, codebooks=codebooks, opt_state=opt_state, disc_params=disc_params, disc_opt_state=disc_opt_state)
         return new_state, metrics
 
