@@ -41,6 +41,7 @@ def test_codes_match_numpy_reference(levels, dtype):
     np.testing.assert_allclose(np.asarray(out.z_q, np.float32), ref_zhat, atol=1e-2 if dtype == jnp.bfloat16 else 0)
 
 
+@pytest.mark.slow
 def test_codes_match_vector_quantize_pytorch():
     torch = pytest.importorskip("torch")
     vqp = pytest.importorskip("vector_quantize_pytorch")
@@ -111,7 +112,7 @@ def test_any_leading_shape_jit_and_vmap():
     z = jnp.asarray(np.random.RandomState(0).randn(2, 3, 4, 5, 4), jnp.float32)
     out = jax.jit(lambda z: fsq(z, [8, 5, 5, 5]))(z)
     assert out.codes.shape == (2, 3, 4, 5)
-    vm = jax.vmap(lambda z: fsq(z, [8, 5, 5, 5]).codes)(z)
+    vm = jax.jit(jax.vmap(lambda z: fsq(z, [8, 5, 5, 5]).codes))(z)
     np.testing.assert_array_equal(np.asarray(vm), np.asarray(out.codes))
 
 

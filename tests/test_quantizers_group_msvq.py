@@ -15,6 +15,7 @@ from mmntp_jax.tokenizers.quantizers import (
     group_vq_kmeans_init,
     group_vq_restart_dead_codes,
     init_vq_state,
+    kmeans_init,
     msvq,
     msvq_codes_to_vectors,
     msvq_ema_update,
@@ -40,34 +41,40 @@ def test_group_vq_equals_one_vq_per_group(grouped):
     z, cbs = grouped
     out = jax.jit(partial(group_vq, beta=0.5))(jnp.asarray(z), jnp.asarray(cbs))
     assert out.codes.shape == (3, 20, 4) and out.z_q.shape == z.shape
-    parts = [vq(jnp.asarray(z[..., 3 * g : 3 * g + 3]), jnp.asarray(cbs[g]), beta=0.5) for g in range(4)]
+    one = jax.jit(partial(vq, beta=0.5))
+    parts = [one(jnp.asarray(z[..., 3 * g : 3 * g + 3]), jnp.asarray(cbs[g])) for g in range(4)]
     for g, p in enumerate(parts):
         np.testing.assert_array_equal(np.asarray(out.codes[..., g]), np.asarray(p.codes))
         np.testing.assert_allclose(np.asarray(out.z_q[..., 3 * g : 3 * g + 3]), np.asarray(p.z_q), atol=1e-6)
     np.testing.assert_allclose(float(out.aux_loss), np.mean([float(p.aux_loss) for p in parts]), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(group_vq_codes_to_vectors(out.codes, jnp.asarray(cbs))), np.asarray(out.z_q), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.jit(group_vq_codes_to_vectors)(out.codes, jnp.asarray(cbs))), np.asarray(out.z_q), atol=1e-6)
 
 
 def test_group_vq_shared_codebook_and_state_updates(grouped):
     z, cbs = grouped
-    shared = group_vq(jnp.asarray(z), jnp.asarray(cbs[0]), num_groups=4)
-    ref = vq(jnp.asarray(z.reshape(3, 20, 4, 3)), jnp.asarray(cbs[0]))
+    shared = jax.jit(partial(group_vq, num_groups=4))(jnp.asarray(z), jnp.asarray(cbs[0]))
+    ref = jax.jit(vq)(jnp.asarray(z.reshape(3, 20, 4, 3)), jnp.asarray(cbs[0]))
     np.testing.assert_array_equal(np.asarray(shared.codes), np.asarray(ref.codes))
     states = stack_states(cbs)
-    out = group_vq(jnp.asarray(z), states)
+    out = jax.jit(group_vq)(jnp.asarray(z), states)
     new = jax.jit(partial(group_vq_ema_update, decay=0.9))(states, jnp.asarray(z), out.codes)
+    one_update = jax.jit(partial(ema_update, decay=0.9))
     for g in range(4):
-        one = ema_update(vq_state(cbs[g]), jnp.asarray(z[..., 3 * g : 3 * g + 3]), out.codes[..., g], decay=0.9)
+        one = one_update(vq_state(cbs[g]), jnp.asarray(z[..., 3 * g : 3 * g + 3]), out.codes[..., g])
         np.testing.assert_allclose(np.asarray(new.codebook_CK[g]), np.asarray(one.codebook_CK), rtol=1e-5, atol=1e-6)
-    restarted = group_vq_restart_dead_codes(new, jnp.asarray(z), jax.random.key(0), threshold=0.5)
+    restarted = jax.jit(partial(group_vq_restart_dead_codes, threshold=0.5))(new, jnp.asarray(z), jax.random.key(0))
     dead = np.asarray(new.cluster_size_C) < 0.5
     rows = z.reshape(-1, 4, 3)
     for g in range(4):
         for c in np.nonzero(dead[g])[0]:
             assert np.min(np.abs(rows[:, g] - np.asarray(restarted.codebook_CK[g, c])).sum(-1)) < 1e-6
     fresh = jax.tree.map(lambda *x: jnp.stack(x), *[init_vq_state(jax.random.key(0), 4, 3, kmeans=True)] * 4)
-    init = group_vq_kmeans_init(fresh, jnp.asarray(z), jax.random.key(1), iters=2)
-    assert bool(jnp.all(init.initted)) and float(jnp.abs(init.codebook_CK).min(axis=(1, 2)).max()) >= 0.0
+    init = jax.jit(partial(group_vq_kmeans_init, iters=2))(fresh, jnp.asarray(z), jax.random.key(1))
+    assert bool(jnp.all(init.initted))
+    one_init = jax.jit(partial(kmeans_init, iters=2))
+    for g, k in enumerate(jax.random.split(jax.random.key(1), 4)):
+        ref = one_init(jax.tree.map(lambda x: x[g], fresh), jnp.asarray(z[..., 3 * g : 3 * g + 3]), k)
+        np.testing.assert_allclose(np.asarray(init.codebook_CK[g]), np.asarray(ref.codebook_CK), rtol=1e-5, atol=1e-6)
 
 
 def np_msvq(z, cb, shapes, mode="bicubic"):
@@ -95,11 +102,23 @@ def test_msvq_matches_numpy_reference(mode):
     assert out.codes.shape == (2, tokens_per_image(scales)) == (2, 1 + 4 + 9 + 25 + 64)
     np.testing.assert_array_equal(np.asarray(out.codes), ref_codes)
     np.testing.assert_allclose(np.asarray(out.z_q), ref_hat, atol=1e-4)
-    back = msvq_codes_to_vectors(out.codes, jnp.asarray(cb), (8, 8), scales=scales, upsample=mode)
+    back = jax.jit(partial(msvq_codes_to_vectors, size=(8, 8), scales=scales, upsample=mode))(out.codes, jnp.asarray(cb))
     np.testing.assert_allclose(np.asarray(back), np.asarray(out.z_q), atol=1e-5)
     assert [m.shape for m in split_codes(out.codes, scales)] == [(2, s, s) for s in scales]
 
 
+def test_resample_matrices_known_weights():
+    # 2x bicubic upsampling (A = -0.75): interior outputs sit at offsets 0.25 / 0.75
+    m = resample_matrix(8, 4, "bicubic")
+    np.testing.assert_allclose(m[3, 0:4], [-0.10546875, 0.87890625, 0.26171875, -0.03515625], atol=1e-7)
+    np.testing.assert_allclose(m[4, 0:4], [-0.03515625, 0.26171875, 0.87890625, -0.10546875], atol=1e-7)
+    for mode in ("bicubic", "bilinear", "area"):
+        np.testing.assert_allclose(resample_matrix(7, 3, mode).sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(resample_matrix(2, 5, "area"), [[1 / 3, 1 / 3, 1 / 3, 0, 0], [0, 0, 1 / 3, 1 / 3, 1 / 3]], atol=1e-7)
+    np.testing.assert_allclose(resample_matrix(4, 2, "bilinear")[1], [0.75, 0.25], atol=1e-7)
+
+
+@pytest.mark.slow
 def test_resample_matrices_match_torch_interpolate():
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
@@ -115,12 +134,12 @@ def test_msvq_var_scales_ema_and_gradient():
     z, cb = jnp.asarray(rs.randn(1, 16, 16, 4), jnp.float32), jnp.asarray(rs.randn(64, 4), jnp.float32)
     state = vq_state(cb)
     w = jnp.asarray(rs.randn(1, 16, 16, 4), jnp.float32)
-    (loss, out), g = jax.jit(jax.value_and_grad(lambda z: (jnp.sum(msvq(z, state).z_q * w), msvq(z, state)), has_aux=True))(z)
+    (_, out), g = jax.jit(jax.value_and_grad(lambda z: (lambda o: (jnp.sum(o.z_q * w), o))(msvq(z, state)), has_aux=True))(z)
     assert out.codes.shape == (1, 680)
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6)
     new = jax.jit(partial(msvq_ema_update, decay=0.5))(state, z, out.codes)
     np.testing.assert_allclose(float(new.cluster_size_C.sum()), 64 * 0.5 + 680 * 0.5, rtol=1e-5)
-    coarse = msvq_codes_to_vectors(out.codes[:, :1], cb, (16, 16), scales=(1,))
+    coarse = jax.jit(partial(msvq_codes_to_vectors, size=(16, 16), scales=(1,)))(out.codes[:, :1], cb)
     np.testing.assert_allclose(np.asarray(coarse[0, 0, 0]), np.asarray(cb[out.codes[0, 0]]), atol=1e-5)
 
 

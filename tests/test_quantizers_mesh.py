@@ -16,7 +16,6 @@ from mmntp_jax.tokenizers.quantizers import (
     group_vq,
     init_vq_state,
     kmeans_init,
-    lfq,
     msvq,
     msvq_ema_update,
     restart_dead_codes,
@@ -99,8 +98,7 @@ def test_every_quantizer_reduces_over_the_mesh(mesh):
     cbs = jnp.asarray(rs.randn(3, 16, 4), jnp.float32)
     cases = {
         "fsq": (lambda z, axis_name=None: fsq(z, [8, 5, 5, 5], axis_name=axis_name), z4),
-        "lfq": (lambda z, axis_name=None: lfq(z, commitment_weight=0.5, inv_temperature=2.0, axis_name=axis_name), z12),
-        "bsq": (lambda z, axis_name=None: bsq(z, num_codebooks=2, axis_name=axis_name), z12),
+        "bsq": (lambda z, axis_name=None: bsq(z, num_codebooks=2, commitment_weight=0.5, inv_temperature=2.0, axis_name=axis_name), z12),
         "rvq": (lambda z, axis_name=None: rvq(z, cbs, axis_name=axis_name), z4),
         "group_vq": (lambda z, axis_name=None: group_vq(z, cbs, axis_name=axis_name), z12),
         "msvq": (lambda z, axis_name=None: msvq(z, cbs[0], scales=(1, 2, 4, 8), axis_name=axis_name), img),

@@ -43,7 +43,7 @@ def test_codes_and_reconstruction_match_numpy(data):
     ref_codes, ref_total = np_rvq(z, cbs)
     np.testing.assert_array_equal(np.asarray(out.codes), ref_codes)
     np.testing.assert_allclose(np.asarray(out.z_q), ref_total, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(rvq_codes_to_vectors(out.codes, jnp.asarray(cbs))), ref_total, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(jax.jit(rvq_codes_to_vectors)(out.codes, jnp.asarray(cbs))), ref_total, atol=1e-5)
     # aux: per layer (beta + 1)·mean(residual_i − q_i)²
     residual, aux = z.astype(np.float64), 0.0
     for i, cb in enumerate(cbs):
@@ -74,9 +74,9 @@ def test_quantizer_dropout(data):
         np.testing.assert_array_equal(codes[..., :n], ref_codes)
         assert np.all(codes[..., n:] == -1)
         np.testing.assert_allclose(np.asarray(out.z_q), ref_total, atol=1e-5)
-        np.testing.assert_allclose(np.asarray(rvq_codes_to_vectors(out.codes, jnp.asarray(cbs))), ref_total, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(jax.jit(rvq_codes_to_vectors)(out.codes, jnp.asarray(cbs))), ref_total, atol=1e-5)
     assert seen == {1, 2, 3}
-    low = rvq(jnp.asarray(z), jnp.asarray(cbs), num_active=1)
+    low = jax.jit(partial(rvq, num_active=1))(jnp.asarray(z), jnp.asarray(cbs))
     np.testing.assert_allclose(np.asarray(low.z_q), np_rvq(z, cbs[:1])[1], atol=1e-5)
 
 
@@ -91,24 +91,25 @@ def test_straight_through_gradient(data):
 def test_ema_update_per_layer_matches_single_layer_updates(data):
     z, cbs = data
     states = jax.tree.map(lambda *x: jnp.stack(x), *[vq_state(c) for c in cbs])
-    out = rvq(jnp.asarray(z), states)
+    out = jax.jit(rvq)(jnp.asarray(z), states)
     new = jax.jit(partial(rvq_ema_update, decay=0.9))(states, jnp.asarray(z), out.codes)
     residual = z
+    one_update = jax.jit(partial(ema_update, decay=0.9))
     for i, cb in enumerate(cbs):
-        ref = ema_update(vq_state(cb), jnp.asarray(residual), out.codes[..., i], decay=0.9)
+        ref = one_update(vq_state(cb), jnp.asarray(residual), out.codes[..., i])
         np.testing.assert_allclose(np.asarray(new.codebook_CK[i]), np.asarray(ref.codebook_CK), rtol=1e-4, atol=1e-5)
         residual = residual - cb[np.asarray(out.codes[..., i])]
-    restarted = rvq_restart_dead_codes(new, jnp.asarray(z), out.codes, jax.random.key(0), threshold=0.5)
+    restarted = jax.jit(partial(rvq_restart_dead_codes, threshold=0.5))(new, jnp.asarray(z), out.codes, jax.random.key(0))
     assert restarted.codebook_CK.shape == states.codebook_CK.shape
 
 
 def test_kmeans_init_layer_by_layer(data):
     z, _ = data
     states = jax.tree.map(lambda *x: jnp.stack(x), *[init_vq_state(jax.random.key(0), 8, 6, kmeans=True)] * 2)
-    states = rvq_kmeans_init(states, jnp.asarray(z), jax.random.key(1), iters=3)
+    states = jax.jit(partial(rvq_kmeans_init, iters=3))(states, jnp.asarray(z), jax.random.key(1))
     assert bool(jnp.all(states.initted))
-    out = rvq(jnp.asarray(z), states)
-    first_only = rvq(jnp.asarray(z), states, num_active=1)
+    out = jax.jit(rvq)(jnp.asarray(z), states)
+    first_only = jax.jit(partial(rvq, num_active=1))(jnp.asarray(z), states)
     assert float(jnp.mean((out.z_q - z) ** 2)) < float(jnp.mean((first_only.z_q - z) ** 2)) < float(jnp.mean(z**2))
 
 

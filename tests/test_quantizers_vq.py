@@ -12,6 +12,7 @@ from mmntp_jax.tokenizers.quantizers import (
     ema_update,
     init_vq_state,
     kmeans_init,
+    nearest_codes,
     restart_dead_codes,
     vq,
     vq_codes_to_vectors,
@@ -54,6 +55,14 @@ def test_codes_losses_and_round_trip(data, cosine):
     assert float(out.metrics["perplexity"]) == pytest.approx(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()), rel=1e-5)
 
 
+def test_chunked_search_equals_dense(data):
+    z, cb = data
+    flat = z.reshape(-1, 8)
+    for chunk in (7, 64, 10_000):
+        codes = jax.jit(partial(nearest_codes, chunk_size=chunk))(jnp.asarray(flat), jnp.asarray(cb))
+        np.testing.assert_array_equal(np.asarray(codes), np_nearest(flat, cb))
+
+
 def test_straight_through_gradient(data):
     z, cb = data
     w = jnp.asarray(np.random.RandomState(1).randn(*z.shape), jnp.float32)
@@ -62,8 +71,8 @@ def test_straight_through_gradient(data):
         return jnp.sum(jnp.sin(vq(z, vq_state(cb)).z_q) * w)
 
     g_z = jax.jit(jax.grad(loss))(jnp.asarray(z))
-    z_q = vq(jnp.asarray(z), jnp.asarray(cb)).z_q
-    g_zq = jax.grad(lambda q: jnp.sum(jnp.sin(q) * w))(z_q)
+    z_q = jax.jit(vq)(jnp.asarray(z), jnp.asarray(cb)).z_q
+    g_zq = jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(q) * w)))(z_q)
     np.testing.assert_allclose(np.asarray(g_z), np.asarray(g_zq), rtol=1e-5, atol=1e-6)
 
 
@@ -74,7 +83,7 @@ def test_codebook_gradient_only_through_codebook_loss(data):
     ref = np.zeros_like(cb)
     np.add.at(ref, codes, 2 * (cb[codes] - z.reshape(-1, 8)) / z.size)
     np.testing.assert_allclose(np.asarray(g_cb), ref, atol=1e-6)
-    g_state = jax.grad(lambda s: vq(jnp.asarray(z), s).aux_loss, allow_int=True)(vq_state(cb))
+    g_state = jax.jit(jax.grad(lambda s: vq(jnp.asarray(z), s).aux_loss, allow_int=True))(vq_state(cb))
     assert float(jnp.abs(g_state.codebook_CK).max()) == 0.0
 
 
@@ -82,10 +91,9 @@ def test_rotation_trick_value_and_gradient(data):
     z, cb = data
     z2 = jnp.asarray(z.reshape(-1, 8)[:5])
     g = jnp.asarray(np.random.RandomState(3).randn(5, 8), jnp.float32)
-    out, vjp = jax.vjp(lambda z: vq(z, jnp.asarray(cb), rotation=True).z_q, z2)
+    out, (g_z,) = jax.jit(lambda z, g: (lambda o, f: (o, f(g)))(*jax.vjp(lambda z: vq(z, jnp.asarray(cb), rotation=True).z_q, z)))(z2, g)
     codes = np_nearest(np.asarray(z2), cb)
     np.testing.assert_allclose(np.asarray(out), cb[codes], atol=1e-5)
-    (g_z,) = vjp(g)
     for n in range(5):
         e, q = np.asarray(z2[n], np.float64), cb[codes[n]].astype(np.float64)
         u, qh = e / np.linalg.norm(e), q / np.linalg.norm(q)
@@ -143,7 +151,7 @@ def test_kmeans_init_finds_all_16_clusters():
     dist = np.linalg.norm(np.asarray(state.codebook_CK)[:, None] - centres[None], axis=-1)
     assert sorted(dist.argmin(1).tolist()) == list(range(16))
     assert dist.min(1).max() < 0.2
-    again = kmeans_init(state, jnp.asarray(z) + 100.0, jax.random.key(2))
+    again = jax.jit(kmeans_init)(state, jnp.asarray(z) + 100.0, jax.random.key(2))
     np.testing.assert_array_equal(np.asarray(again.codebook_CK), np.asarray(state.codebook_CK))
 
 

@@ -111,17 +111,30 @@ def kmeans_plusplus(key: jax.Array, z_NK: jax.Array, num_clusters: int, *, cosin
 
 
 def kmeans(
-    key: jax.Array, z: jax.Array, num_clusters: int, *, iters: int = 10, cosine: bool = False, axis_name: AxisName = None
+    key: jax.Array,
+    z: jax.Array,
+    num_clusters: int,
+    *,
+    iters: int = 10,
+    plusplus: bool = True,
+    cosine: bool = False,
+    axis_name: AxisName = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """k-means++ seeding then `iters` Lloyd steps on the tokens `z[..., K]`; returns (means [C, K], counts [C]).
+    """Seeding then `iters` Lloyd steps on the tokens `z[..., K]`; returns (means [C, K], counts [C]).
 
+    plusplus: k-means++ seeding (C sequential passes over the tokens; robust);
+        False draws the C seeds uniformly from the tokens (one pass; what
+        vector-quantize-pytorch does), cheaper for very large codebooks.
     Clusters left empty keep their previous centre. With cosine the tokens and
     centres are unit vectors (spherical k-means).
     """
     z_NK = z.reshape(-1, z.shape[-1]).astype(jnp.float32)
     if cosine:
         z_NK = l2norm(z_NK)
-    means_CK = kmeans_plusplus(key, z_NK, num_clusters, cosine=cosine, axis_name=axis_name)
+    if plusplus:
+        means_CK = kmeans_plusplus(key, z_NK, num_clusters, cosine=cosine, axis_name=axis_name)
+    else:
+        means_CK = sample_rows(key, z_NK, num_clusters, axis_name)
 
     def step(means_CK, _):
         codes_N = nearest_codes(z_NK, means_CK, cosine=cosine)
@@ -141,6 +154,7 @@ def kmeans_init(
     key: jax.Array,
     *,
     iters: int = 10,
+    plusplus: bool = True,
     cosine: bool = False,
     project_in_DK: jax.Array | None = None,
     axis_name: AxisName = None,
@@ -152,7 +166,7 @@ def kmeans_init(
     z_NK = _flat_latent(z, cosine, project_in_DK)
 
     def init(state):
-        means_CK, counts_C = kmeans(key, z_NK, state.codebook_size, iters=iters, cosine=cosine, axis_name=axis_name)
+        means_CK, counts_C = kmeans(key, z_NK, state.codebook_size, iters=iters, plusplus=plusplus, cosine=cosine, axis_name=axis_name)
         return VQState(means_CK, counts_C, means_CK * counts_C[:, None], jnp.asarray(True))
 
     return lax.cond(state.initted, lambda s: s, init, state)

@@ -53,6 +53,15 @@ def _basis(levels_L: np.ndarray) -> np.ndarray:
     return np.cumprod(np.concatenate([[1], levels_L[:-1]])).astype(np.int64)
 
 
+def weighted_channel_sum(x_L: jax.Array, weights_L) -> jax.Array:
+    """Σ_l x[..., l]·w_l written out per channel: XLA fuses it elementwise, where a
+    reduction over a short minor axis would be a slow separate loop."""
+    total = x_L[..., 0] * int(weights_L[0])
+    for i in range(1, x_L.shape[-1]):
+        total = total + x_L[..., i] * int(weights_L[i])
+    return total
+
+
 def _round_ste(x: jax.Array) -> jax.Array:
     return x + lax.stop_gradient(jnp.round(x) - x)
 
@@ -107,8 +116,7 @@ def fsq(
         half_width = jnp.asarray(levels_L // 2, jnp.float32)
         zhat_L = _round_ste(fsq_bound(z_L, levels_L, hard_clamp=hard_clamp)) / half_width
         level_idx = zhat_L * half_width + half_width
-    basis_L = jnp.asarray(_basis(levels_L), jnp.float32)
-    codes = jnp.round(jnp.sum(lax.stop_gradient(level_idx) * basis_L, axis=-1)).astype(jnp.int32)
+    codes = jnp.round(weighted_channel_sum(lax.stop_gradient(level_idx), _basis(levels_L))).astype(jnp.int32)
     if noise_dropout > 0:
         k_mask, k_noise = jax.random.split(key)
         mask = jax.random.bernoulli(k_mask, noise_dropout, zhat_L.shape)

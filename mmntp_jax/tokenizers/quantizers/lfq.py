@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mmntp_jax.tokenizers.quantizers.fsq import weighted_channel_sum
 from mmntp_jax.tokenizers.quantizers.stats import AxisName, code_counts, entropy, global_mean, global_sum, mse, usage_metrics
 from mmntp_jax.tokenizers.quantizers.types import QuantOut, l2norm
 
@@ -103,8 +104,7 @@ def lfq(
     if spherical:
         x_NGK = l2norm(x_NGK) * codebook_scale
     q_NGK = jnp.where(x_NGK > 0, code_scale, -code_scale).astype(jnp.float32)
-    weights_K = jnp.asarray(2 ** np.arange(k - 1, -1, -1), jnp.int32)
-    codes_NG = jnp.sum((x_NGK > 0).astype(jnp.int32) * weights_K, axis=-1)
+    codes_NG = weighted_channel_sum((x_NGK > 0).astype(jnp.int32), [2**b for b in range(k - 1, -1, -1)])
     zq_NGK = x_NGK + lax.stop_gradient(q_NGK - x_NGK)
     commitment = mse(x_NGK, lax.stop_gradient(q_NGK), axis_name)
     aux = commitment_weight * commitment

@@ -6,9 +6,9 @@ D input channels, K code dimension (= D unless factorised), C codebook size.
 The codebook is either a float array [C, K], learned by gradient through the
 codebook loss, or a `VQState`, learned by EMA with `ema_update` (then no
 gradient reaches the codebook and only the commitment loss is returned).
-Distances are a single matmul against precomputed code norms
-(argmin ‖z − e‖² = argmax 2 z·e − ‖e‖²); the lookup is a gather, never a
-one-hot product. Quantization math runs in float32.
+Distances are a matmul against precomputed code norms
+(argmin ‖z − e‖² = argmax 2 z·e − ‖e‖²), chunked over tokens; the lookup is a
+gather and the EMA statistics a segment sum, never a one-hot product. Quantization math runs in float32.
 """
 
 from __future__ import annotations
@@ -39,14 +39,29 @@ def to_latent(z: jax.Array, *, cosine: bool = False, project_in_DK: jax.Array | 
     return l2norm(z_NK) if cosine else z_NK
 
 
-def nearest_codes(z_NK: jax.Array, codebook_CK: jax.Array, *, cosine: bool = False) -> jax.Array:
-    """int32 [N]: index of the nearest code (L2, or max cosine when both are unit-norm)."""
+def nearest_codes(z_NK: jax.Array, codebook_CK: jax.Array, *, cosine: bool = False, chunk_size: int = 1024) -> jax.Array:
+    """int32 [N]: index of the nearest code (L2, or max cosine when both are unit-norm).
+
+    Scores are 2 z·e − ‖e‖² (one matmul against precomputed norms), taken
+    `chunk_size` tokens at a time so the [N, C] score matrix is never
+    materialised whole (it stays in cache and memory stays O(chunk·C)).
+    """
     z_NK = lax.stop_gradient(z_NK)
     codebook_CK = lax.stop_gradient(codebook_CK)
-    scores_NC = jnp.einsum("nk,ck->nc", z_NK, codebook_CK)
-    if not cosine:
-        scores_NC = 2.0 * scores_NC - jnp.sum(jnp.square(codebook_CK), axis=-1)
-    return jnp.argmax(scores_NC, axis=-1).astype(jnp.int32)
+    sq_norm_C = jnp.sum(jnp.square(codebook_CK), axis=-1)
+
+    def best(z_nK):
+        scores_nC = jnp.einsum("nk,ck->nc", z_nK, codebook_CK)
+        if not cosine:
+            scores_nC = 2.0 * scores_nC - sq_norm_C
+        return jnp.argmax(scores_nC, axis=-1).astype(jnp.int32)
+
+    n = z_NK.shape[0]
+    if n <= chunk_size:
+        return best(z_NK)
+    pad = (-n) % chunk_size
+    z_NK = jnp.pad(z_NK, ((0, pad), (0, 0)))
+    return lax.map(best, z_NK.reshape(-1, chunk_size, z_NK.shape[-1])).reshape(-1)[:n]
 
 
 def sample_codes(key: jax.Array, z_NK: jax.Array, codebook_CK: jax.Array, temperature: float, *, cosine: bool = False) -> jax.Array:
@@ -106,7 +121,8 @@ def vq(
     cosine: compare unit vectors (codebook normalised on lookup).
     rotation: the rotation trick instead of the straight-through estimator.
     sample_temperature, key: with a key, draw codes from softmax(−distance/T)
-        (training; T may be a traced scalar for annealing). No key: argmin.
+        (training; T may be a traced scalar for annealing; each device of
+        `axis_name` draws independent noise). No key: argmin.
     project_in_DK / project_out_KD: factorised codes — project to K dims,
         (normalise with cosine=True), look up, project back.
     dead_threshold: a code counts as dead in `metrics` when its EMA cluster
@@ -123,6 +139,8 @@ def vq(
         raise ValueError(f"vq: input has {z_NK.shape[-1]} channels after projection but the codebook has {codebook_CK.shape[-1]}")
     sampling = key is not None and not (isinstance(sample_temperature, (int, float)) and sample_temperature <= 0.0)
     if sampling:
+        if axis_name is not None:
+            key = jax.random.fold_in(key, lax.axis_index(axis_name))
         codes_N = sample_codes(key, z_NK, codebook_CK, sample_temperature, cosine=cosine)
     else:
         codes_N = nearest_codes(z_NK, codebook_CK, cosine=cosine)
