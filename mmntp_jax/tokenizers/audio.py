@@ -45,12 +45,6 @@ class AudioTokenizerConfig:
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop
 
-    def bitrate(self, n_quantizers: int | None = None) -> float:
-        """Bits per second with the first `n_quantizers` residual levels (default all)."""
-        q = self.quantizer
-        n = q.codes_per_position if n_quantizers is None else n_quantizers
-        return self.frame_rate * n * math.log2(q.vocab_size)
-
     def validate(self, prefix: str = "model") -> None:
         from mmntp_jax.config import ConfigError
 
@@ -129,7 +123,7 @@ class AudioTokenizer(nnx.Module):
         self.encoder_conv_in = Conv1d(1, widths[0], c.kernel_size, rngs=rngs)
         self.encoder_blocks = nnx.List([EncoderBlock(widths[i], s, c, rngs=rngs) for i, s in enumerate(c.strides)])
         self.encoder_conv_out = Conv1d(widths[-1], d, 3, rngs=rngs)
-        self.quantize = Bottleneck(c.quantizer, rngs=rngs)
+        self.quantize = Bottleneck(c.quantizer, spatial_dims=1, rngs=rngs)
         self.decoder_conv_in = Conv1d(d, widths[-1], c.kernel_size, rngs=rngs)
         self.decoder_blocks = nnx.List([DecoderBlock(widths[i + 1], s, c, rngs=rngs) for i, s in reversed(list(enumerate(c.strides)))])
         self.decoder_conv_out = Conv1d(widths[0], 1, c.kernel_size, rngs=rngs)
@@ -141,8 +135,11 @@ class AudioTokenizer(nnx.Module):
     def tokens_per_item(self, shape=None, n_quantizers: int | None = None) -> int:
         """Tokens of a clip of `shape` ([L]; default one second)."""
         L = shape[-1] if shape is not None else self.config.sample_rate
-        n = self.config.quantizer.codes_per_position if n_quantizers is None else n_quantizers
-        return (L // self.config.hop) * n
+        return math.prod(self.quantize.codes_shape((L // self.config.hop,), n_quantizers))
+
+    def bitrate(self, n_quantizers: int | None = None) -> float:
+        """Bits per second (the first `n_quantizers` residual levels; default all)."""
+        return self.tokens_per_item((self.config.sample_rate,), n_quantizers) * math.log2(self.vocab_size)
 
     def check(self, x_BL) -> None:
         if x_BL.ndim != 2:
@@ -169,22 +166,23 @@ class AudioTokenizer(nnx.Module):
 
     def encode(self, x_BL, n_quantizers: int | None = None):
         """Clips `[B, L]` → int32 tokens `[B, F·n]` (n = n_quantizers, default all)."""
-        codes = self.quantize(self.encode_latent(x_BL)).codes
-        if codes.ndim == 2:
-            codes = codes[..., None]
+        codes = self.quantize(self.encode_latent(x_BL), n_quantizers=n_quantizers).codes
         if n_quantizers is not None:
             codes = codes[..., :n_quantizers]
         return codes.reshape(codes.shape[0], -1).astype(jnp.int32)
 
-    def decode(self, codes_BN, n_quantizers: int | None = None):
-        """Tokens `[B, F·n]` → clips `[B, F·hop]` in [-1, 1]."""
-        q = self.config.quantizer.codes_per_position
-        n = q if n_quantizers is None else n_quantizers
-        if codes_BN.ndim != 2 or codes_BN.shape[1] % n:
-            raise ValueError(f"audio tokenizer: expected codes [B, F·{n}], got shape {tuple(codes_BN.shape)}")
-        codes = codes_BN.reshape(codes_BN.shape[0], -1, n)
-        zq_BFD = self.quantize.lookup(codes if q > 1 else codes[..., 0])
+    def decode(self, codes_BN, shape=None, n_quantizers: int | None = None):
+        """Tokens `[B, N]` → clips `[B, L]` in [-1, 1] (L from `shape` = [L], else from N)."""
+        per_frame = math.prod(self.quantize.codes_shape((1,), n_quantizers))
+        if shape is not None:
+            frames = shape[-1] // self.config.hop
+        elif self.config.quantizer.kind == "msvq":
+            raise ValueError("audio tokenizer: decoding multi-scale codes needs the clip `shape`")
+        else:
+            frames = codes_BN.shape[-1] // per_frame
+        n = self.tokens_per_item((frames * self.config.hop,), n_quantizers)
+        if codes_BN.ndim != 2 or codes_BN.shape[1] != n:
+            raise ValueError(f"audio tokenizer: expected codes [B, {n}] for {frames} frames, got shape {tuple(codes_BN.shape)}")
+        latent = (codes_BN.shape[0], frames)
+        zq_BFD = self.quantize.lookup(codes_BN.reshape(self.quantize.codes_shape(latent, n_quantizers)), latent)
         return jnp.clip(self.decode_latent(zq_BFD), -1.0, 1.0)
-
-    def last_layer(self):
-        return self.decoder_conv_out

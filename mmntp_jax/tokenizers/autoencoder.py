@@ -23,6 +23,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def space_to_depth(x, p: int):
+    """`[..., H, W, C]` → `[..., H/p, W/p, p·p·C]` (pixel-unshuffle; identity for p = 1)."""
+    if p == 1:
+        return x
+    *lead, H, W, C = x.shape
+    x = x.reshape(*lead, H // p, p, W // p, p, C)
+    x = jnp.moveaxis(x, -4, -3)  # [..., H/p, W/p, p, p, C]
+    return x.reshape(*lead, H // p, W // p, p * p * C)
+
+
+def depth_to_space(x, p: int):
+    """Inverse of `space_to_depth`."""
+    if p == 1:
+        return x
+    *lead, h, w, C = x.shape
+    x = x.reshape(*lead, h, w, p, p, C // (p * p))
+    x = jnp.moveaxis(x, -3, -4)  # [..., h, p, w, p, c]
+    return x.reshape(*lead, h * p, w * p, C // (p * p))
+
+
 def _groups(channels: int, groups: int) -> int:
     return math.gcd(channels, groups)
 
@@ -49,7 +69,8 @@ class Conv(nnx.Module):
 
     def __init__(self, cin: int, cout: int, kernel: int = 3, *, video: bool = False, stride=1, time_kernel: int | None = None, rngs: nnx.Rngs):
         self.video = video
-        spatial_pad = ((kernel - 1) // 2, kernel // 2) if stride == 1 else (0, 1)
+        spatial_stride = stride[-1] if isinstance(stride, tuple) else stride
+        spatial_pad = ((kernel - 1) // 2, kernel // 2) if spatial_stride == 1 else (0, 1)
         if video:
             tk = kernel if time_kernel is None else time_kernel
             strides = stride if isinstance(stride, tuple) else (1, stride, stride)
@@ -111,10 +132,11 @@ class MidBlock(nnx.Module):
 
 
 class Downsample(nnx.Module):
-    """Stride-2 convolution in space, and in time too when `temporal` (video)."""
+    """Stride-2 convolution in space (when `spatial`) and in time (when `temporal`, video only)."""
 
-    def __init__(self, channels: int, *, video: bool, temporal: bool, rngs: nnx.Rngs):
-        stride = (2 if temporal else 1, 2, 2) if video else 2
+    def __init__(self, channels: int, *, video: bool, spatial: bool = True, temporal: bool = False, rngs: nnx.Rngs):
+        s = 2 if spatial else 1
+        stride = (2 if temporal else 1, s, s) if video else s
         self.conv = Conv(channels, channels, 3, video=video, stride=stride, time_kernel=3 if temporal else 1, rngs=rngs)
 
     def __call__(self, x):
@@ -122,23 +144,24 @@ class Downsample(nnx.Module):
 
 
 class Upsample(nnx.Module):
-    """Nearest-neighbour ×2 in space (and in time, causally, when `temporal`), then a conv."""
+    """Nearest-neighbour ×2 in space (when `spatial`) and in time, causally (when `temporal`), then a conv."""
 
-    def __init__(self, channels: int, *, video: bool, temporal: bool, rngs: nnx.Rngs):
-        self.temporal = temporal
+    def __init__(self, channels: int, *, video: bool, spatial: bool = True, temporal: bool = False, rngs: nnx.Rngs):
+        self.spatial, self.temporal = spatial, temporal
         self.conv = Conv(channels, channels, 3, video=video, rngs=rngs)
 
     def __call__(self, x):
-        x = jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
+        if self.spatial:
+            x = jnp.repeat(jnp.repeat(x, 2, axis=-3), 2, axis=-2)
         if self.temporal:
             x = jnp.repeat(x, 2, axis=1)[:, 1:]
         return self.conv(x)
 
 
 class DownBlock(nnx.Module):
-    def __init__(self, cin, cout, n_res, groups, *, video, down, temporal, rngs):
+    def __init__(self, cin, cout, n_res, groups, *, video, down, rngs):
         self.resnets = nnx.List([ResnetBlock(cin if i == 0 else cout, cout, groups, video=video, rngs=rngs) for i in range(n_res)])
-        self.downsamplers = nnx.List([Downsample(cout, video=video, temporal=temporal, rngs=rngs)] if down else [])
+        self.downsamplers = nnx.List([Downsample(cout, video=video, spatial=down[0], temporal=down[1], rngs=rngs)] if down else [])
 
     def __call__(self, x):
         for block in list(self.resnets) + list(self.downsamplers):
@@ -147,9 +170,9 @@ class DownBlock(nnx.Module):
 
 
 class UpBlock(nnx.Module):
-    def __init__(self, cin, cout, n_res, groups, *, video, up, temporal, rngs):
+    def __init__(self, cin, cout, n_res, groups, *, video, up, rngs):
         self.resnets = nnx.List([ResnetBlock(cin if i == 0 else cout, cout, groups, video=video, rngs=rngs) for i in range(n_res)])
-        self.upsamplers = nnx.List([Upsample(cout, video=video, temporal=temporal, rngs=rngs)] if up else [])
+        self.upsamplers = nnx.List([Upsample(cout, video=video, spatial=up[0], temporal=up[1], rngs=rngs)] if up else [])
 
     def __call__(self, x):
         for block in list(self.resnets) + list(self.upsamplers):
@@ -157,20 +180,28 @@ class UpBlock(nnx.Module):
         return x
 
 
-class Encoder(nnx.Module):
-    """x `[B, (T,) H, W, in]` → z `[B, (T',) H/f, W/f, z_channels]`, f = 2^(levels-1).
+def default_downs(levels: int) -> tuple:
+    """Image autoencoders halve space (never time) between consecutive levels."""
+    return ((True, False),) * (levels - 1)
 
-    `temporal_down[i]` says whether level i's down-sampler also halves time (video).
+
+class Encoder(nnx.Module):
+    """x `[B, (T,) H, W, in]` → z `[B, (T',) H/f, W/f, z_channels]`, f = patch·2^(levels-1).
+
+    `patch` > 1 starts with a pixel-unshuffle (space-to-depth), so no convolution
+    runs at full resolution. `downs[i]` = (spatial, temporal) says what the
+    down-sampler after level i halves (default: space only).
     """
 
-    def __init__(self, in_channels, channels, channel_mult, n_res, z_channels, groups, attention, *, video=False, temporal_down=(), rngs):
+    def __init__(self, in_channels, channels, channel_mult, n_res, z_channels, groups, attention, *, patch=1, video=False, downs=None, rngs):
         widths = [channels * m for m in channel_mult]
-        self.conv_in = Conv(in_channels, widths[0], video=video, rngs=rngs)
+        self.patch = patch
+        self.conv_in = Conv(in_channels * patch * patch, widths[0], video=video, rngs=rngs)
+        downs = default_downs(len(widths)) if downs is None else downs
         blocks, cin = [], widths[0]
         for i, cout in enumerate(widths):
-            down = i < len(widths) - 1
-            temporal = bool(video and down and i < len(temporal_down) and temporal_down[i])
-            blocks.append(DownBlock(cin, cout, n_res, groups, video=video, down=down, temporal=temporal, rngs=rngs))
+            down = downs[i] if i < len(widths) - 1 else None
+            blocks.append(DownBlock(cin, cout, n_res, groups, video=video, down=down, rngs=rngs))
             cin = cout
         self.down_blocks = nnx.List(blocks)
         self.mid_block = MidBlock(cin, groups, attention, video=video, rngs=rngs)
@@ -178,7 +209,7 @@ class Encoder(nnx.Module):
         self.conv_out = Conv(cin, z_channels, video=video, rngs=rngs)
 
     def __call__(self, x):
-        h = self.conv_in(x)
+        h = self.conv_in(space_to_depth(x, self.patch))
         for block in self.down_blocks:
             h = block(h)
         h = self.mid_block(h)
@@ -188,27 +219,32 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
     """z `[B, (T',) h, w, z_channels]` → x `[B, (T,) h·f, w·f, out]`; mirror of `Encoder` with n_res + 1 blocks a level."""
 
-    def __init__(self, out_channels, channels, channel_mult, n_res, z_channels, groups, attention, *, video=False, temporal_down=(), rngs):
+    def __init__(self, out_channels, channels, channel_mult, n_res, z_channels, groups, attention, *, patch=1, video=False, downs=None, rngs):
         widths = [channels * m for m in channel_mult]
+        self.patch = patch
         self.conv_in = Conv(z_channels, widths[-1], video=video, rngs=rngs)
         self.mid_block = MidBlock(widths[-1], groups, attention, video=video, rngs=rngs)
+        downs = default_downs(len(widths)) if downs is None else downs
         blocks, cin, levels = [], widths[-1], len(widths)
         for j, cout in enumerate(reversed(widths)):
             i = levels - 1 - j  # the encoder level this block mirrors
-            up = i > 0
-            temporal = bool(video and up and i - 1 < len(temporal_down) and temporal_down[i - 1])
-            blocks.append(UpBlock(cin, cout, n_res + 1, groups, video=video, up=up, temporal=temporal, rngs=rngs))
+            up = downs[i - 1] if i > 0 else None
+            blocks.append(UpBlock(cin, cout, n_res + 1, groups, video=video, up=up, rngs=rngs))
             cin = cout
         self.up_blocks = nnx.List(blocks)
         self.conv_norm_out = GroupNorm(cin, groups)
-        self.conv_out = Conv(cin, out_channels, video=video, rngs=rngs)
+        self.conv_out = Conv(cin, out_channels * patch * patch, video=video, rngs=rngs)
 
-    def __call__(self, z):
+    def features(self, z):
+        """Everything before the output convolution."""
         h = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             h = block(h)
-        return self.conv_out(jax.nn.silu(self.conv_norm_out(h)))
+        return jax.nn.silu(self.conv_norm_out(h))
 
-    def last_layer(self) -> nnx.Param:
-        """The output kernel (the adaptive GAN weight compares gradients there)."""
-        return self.conv_out.conv.kernel
+    def head(self, h):
+        """The output convolution (the layer whose gradients set the adaptive GAN weight)."""
+        return depth_to_space(self.conv_out(h), self.patch)
+
+    def __call__(self, z):
+        return self.head(self.features(z))

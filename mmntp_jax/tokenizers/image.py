@@ -5,8 +5,8 @@ latent grid (f the down-sampling factor), D code channels, Q codes per position,
 N tokens per image = h·w·Q.
 
 Images are float32 `[B, H, W, C]` in [0, 1]. Tokens are the codes in raster
-order (row by row, left to right; the Q codes of a position adjacent), int32
-`[B, N]` in [0, vocab_size).
+order (row by row, left to right; the Q codes of a position adjacent; multi-scale
+codes coarse to fine), int32 `[B, N]` in [0, vocab_size).
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from mmntp_jax.tokenizers.bottleneck import Bottleneck, QuantizerConfig
 
 @dataclass(frozen=True)
 class ImageTokenizerConfig:
-    """factor: spatial down-sampling 4, 8 or 16 (channel_mult has log2(factor) + 1 entries)."""
+    """factor: spatial down-sampling 4, 8 or 16 = patch · 2^(len(channel_mult) − 1); patch > 1
+    starts with a pixel-unshuffle instead of full-resolution convolutions."""
 
     image_size: int = 32
     in_channels: int = 3
     factor: int = 4
+    patch: int = 1
     channels: int = 64
     channel_mult: tuple = (1, 2, 2)
     num_res_blocks: int = 1
@@ -41,8 +43,11 @@ class ImageTokenizerConfig:
 
         if self.factor not in (2, 4, 8, 16, 32):
             raise ConfigError(f"config key '{prefix}.factor': {self.factor} is not one of 2, 4, 8, 16, 32")
-        if len(self.channel_mult) != int(math.log2(self.factor)) + 1:
-            raise ConfigError(f"config key '{prefix}.channel_mult': factor {self.factor} needs {int(math.log2(self.factor)) + 1} entries, got {self.channel_mult}")
+        if self.patch < 1 or self.factor % self.patch:
+            raise ConfigError(f"config key '{prefix}.patch': {self.patch} does not divide {prefix}.factor={self.factor}")
+        levels = int(math.log2(self.factor // self.patch)) + 1
+        if len(self.channel_mult) != levels:
+            raise ConfigError(f"config key '{prefix}.channel_mult': factor {self.factor} with patch {self.patch} needs {levels} entries, got {self.channel_mult}")
         if self.image_size % self.factor:
             raise ConfigError(f"config key '{prefix}.image_size': {self.image_size} is not divisible by {prefix}.factor={self.factor}")
         for name in ("image_size", "in_channels", "channels", "num_res_blocks", "z_channels", "norm_groups"):
@@ -68,11 +73,11 @@ class ImageTokenizer(nnx.Module):
         self.config = config
         c, q = config, config.quantizer
         arch = (c.channels, c.channel_mult, c.num_res_blocks, c.z_channels, c.norm_groups, c.attention)
-        self.encoder = Encoder(c.in_channels, *arch, rngs=rngs)
+        self.encoder = Encoder(c.in_channels, *arch, patch=c.patch, rngs=rngs)
         self.quant_conv = nnx.Conv(c.z_channels, q.code_dim, (1, 1), rngs=rngs)
-        self.quantize = Bottleneck(q, rngs=rngs)
+        self.quantize = Bottleneck(q, spatial_dims=2, rngs=rngs)
         self.post_quant_conv = nnx.Conv(q.code_dim, c.z_channels, (1, 1), rngs=rngs)
-        self.decoder = Decoder(c.in_channels, *arch, rngs=rngs)
+        self.decoder = Decoder(c.in_channels, *arch, patch=c.patch, rngs=rngs)
 
     # -- sizes -----------------------------------------------------------------
     @property
@@ -85,8 +90,7 @@ class ImageTokenizer(nnx.Module):
 
     def tokens_per_item(self, shape=None) -> int:
         """Tokens of one image of `shape` ([H, W] or [H, W, C]; default image_size²)."""
-        h, w = self.grid(shape)
-        return h * w * self.config.quantizer.codes_per_position
+        return math.prod(self.quantize.codes_shape(self.grid(shape)))
 
     # -- the autoencoder ---------------------------------------------------------
     def encode_latent(self, x_BHWC):
@@ -110,13 +114,10 @@ class ImageTokenizer(nnx.Module):
     def decode(self, codes_BN, shape=None):
         """Tokens `[B, N]` → images `[B, H, W, C]` in [0, 1] (default size image_size)."""
         h, w = self.grid(shape)
-        q = self.config.quantizer.codes_per_position
-        if codes_BN.ndim != 2 or codes_BN.shape[1] != h * w * q:
-            raise ValueError(f"image tokenizer: expected codes [B, {h * w * q}] for a {h}×{w} grid, got shape {tuple(codes_BN.shape)}")
-        grid = (codes_BN.shape[0], h, w) + ((q,) if q > 1 else ())
-        zq_BhwD = self.quantize.lookup(codes_BN.reshape(grid))
+        n = self.tokens_per_item(shape)
+        if codes_BN.ndim != 2 or codes_BN.shape[1] != n:
+            raise ValueError(f"image tokenizer: expected codes [B, {n}] for a {h}×{w} latent grid, got shape {tuple(codes_BN.shape)}")
+        latent = (codes_BN.shape[0], h, w)
+        zq_BhwD = self.quantize.lookup(codes_BN.reshape(self.quantize.codes_shape(latent)), latent)
         return jnp.clip(self.decode_latent(zq_BhwD), 0.0, 1.0)
-
-    def last_layer(self):
-        return self.decoder.last_layer()
 

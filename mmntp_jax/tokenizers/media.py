@@ -8,16 +8,18 @@ resized to S (Lanczos), then the centre S×S square is cropped.
 
 `photo_crops` cuts random S×S crops from the colour and grey photographs that
 scikit-image ships (no downloads); the right-most quarter of every photograph
-is held out for the eval split.
+is held out for the eval split, and flat crops (pixel std < 0.02) are redrawn.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MIN_CROP_STD = 0.02
 PHOTOGRAPHS = ("astronaut", "camera", "chelsea", "clock", "coffee", "coins", "immunohistochemistry", "moon", "rocket")
 
 
@@ -94,21 +96,26 @@ def image_grid(rows_NHWC: list[np.ndarray], scale: int = 2) -> np.ndarray:
     return grid_HWC.repeat(scale, 0).repeat(scale, 1)
 
 
-def photo_crops(n: int, size: int = 32, *, seed: int = 0, split: str = "train") -> np.ndarray:
-    """`n` random `size`×`size` crops of scikit-image's sample photographs, `[N, S, S, 3]`."""
+def photo_crops(n: int, size: int = 32, *, seed: int = 0, split: str = "train", return_positions: bool = False):
+    """`n` random `size`×`size` crops of scikit-image's sample photographs, `[N, S, S, 3]`
+    (and, with return_positions, their (photo index, top, left))."""
     if split not in ("train", "eval"):
         raise ValueError(f"split {split!r} is not one of train, eval")
     photos = _photographs()
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-    crops = np.empty((n, size, size, 3), np.float32)
-    for i in range(n):
-        photo_HWC = photos[int(rng.integers(len(photos)))]
-        H, W = photo_HWC.shape[:2]
+    crops, positions = np.empty((n, size, size, 3), np.float32), []
+    while len(positions) < n:
+        k = int(rng.integers(len(photos)))
+        H, W = photos[k].shape[:2]
         cut = (3 * W) // 4
         lo, hi = (0, cut - size) if split == "train" else (cut, W - size)
         top, left = int(rng.integers(0, H - size + 1)), int(rng.integers(lo, hi + 1))
-        crops[i] = photo_HWC[top:top + size, left:left + size]
-    return crops
+        crop = photos[k][top:top + size, left:left + size]
+        if crop.std() < MIN_CROP_STD:  # flat (e.g. black sky) crops say nothing about a tokenizer
+            continue
+        crops[len(positions)] = crop
+        positions.append((k, top, left))
+    return (crops, positions) if return_positions else crops
 
 
 _PHOTO_CACHE: list[np.ndarray] = []
@@ -136,7 +143,9 @@ def load_wav(path, sample_rate: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"WAV file {path}: not found")
     try:
-        rate, data = scipy.io.wavfile.read(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
+            rate, data = scipy.io.wavfile.read(path)
     except (ValueError, EOFError, OSError) as err:
         raise MediaError(f"WAV file {path}: cannot be read ({err})") from None
     if rate != sample_rate:
@@ -153,7 +162,7 @@ def save_wav(path, audio_L: np.ndarray, sample_rate: int) -> None:
     import scipy.io.wavfile
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pcm = np.clip(np.asarray(audio_L, np.float64) * 32767, -32768, 32767).astype(np.int16)
+    pcm = np.clip(np.round(np.asarray(audio_L, np.float64) * 32768), -32768, 32767).astype(np.int16)
     scipy.io.wavfile.write(path, sample_rate, pcm)
 
 
