@@ -29,6 +29,15 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
+def quiet_library_logs() -> None:
+    """orbax and grain log routine events as absl warnings; show errors only."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """Every group is listed; only `selected` gets its full parser (imported lazily)."""
     parser = argparse.ArgumentParser(prog="mmntp", description="Multimodal next-token prediction in JAX.")
@@ -44,6 +53,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = argv[0] if argv and argv[0] in COMMAND_GROUPS else None
+    quiet_library_logs()
     parser = build_parser(selected)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

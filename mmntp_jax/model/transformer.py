@@ -1,0 +1,129 @@
+"""The decoder-only transformer: embed → N × (attention + SwiGLU) → RMSNorm.
+
+Dimensions: B batch, T time, S cache length, D model dim, V vocab, L layers.
+
+Parameter tree (HF Llama names, kernels [in, out], layers stacked on axis 0):
+    embed_tokens.embedding [V, D]
+    layers.input_layernorm.weight [L, D]
+    layers.self_attn.{q,k,v}_proj [L, D, heads, E], o_proj [L, H, E, D] (+ q_norm/k_norm)
+    layers.post_attention_layernorm.weight [L, D]
+    layers.mlp.{gate,up}_proj [L, D, F], down_proj [L, F, D]
+    norm.weight [D];  lm_head [D, V] unless tie_embeddings
+
+Layers run under `jax.lax.scan` over the stacked parameters (compile time flat
+in depth) with a configurable remat policy; `scan_layers=False` unrolls the
+same parameters in a Python loop.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmntp_jax.model.attention import Attention, attention_mask
+from mmntp_jax.model.layers import MLP, Embedding, RMSNorm, param, rope_cos_sin
+from mmntp_jax.sharding import constrain
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+        self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.init_std, out_std, rngs=rngs)
+
+    def __call__(self, x_BTD, cos_BTE, sin_BTE, mask_BTS):
+        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), cos_BTE, sin_BTE, mask_BTS)
+        x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
+        return constrain(x_BTD, ("batch", "length", None))
+
+    def decode(self, x_BTD, cos_BTE, sin_BTE, cache, index, segments_BT):
+        h_BTD, cache = self.self_attn.decode(self.input_layernorm(x_BTD), cos_BTE, sin_BTE, cache, index, segments_BT)
+        x_BTD = x_BTD + h_BTD
+        return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), cache
+
+
+class Transformer(nnx.Module):
+    """Token ids [B, T] → final hidden states [B, T, D] (see heads.py for logits/loss)."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.d_model, cfg.init_std, rngs=rngs)
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_layers(layer_rngs):
+            return DecoderLayer(cfg, rngs=layer_rngs)
+
+        self.layers = make_layers(rngs)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std=cfg.init_std)
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.cfg.dtype]
+
+    def head_kernel(self):
+        """[D, V] output projection (the embedding table transposed when tied)."""
+        if self.cfg.tie_embeddings:
+            return self.embed_tokens.embedding[...].T
+        return self.lm_head[...]
+
+    def _run_layers(self, x_BTD, body):
+        graphdef, state = nnx.split(self.layers)
+        step = lambda x, layer_state: (body(nnx.merge(graphdef, layer_state), x), None)
+        if self.cfg.remat != "none":
+            step = jax.checkpoint(step, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
+        if self.cfg.scan_layers:
+            x_BTD, _ = jax.lax.scan(step, x_BTD, state)
+            return x_BTD
+        for i in range(self.cfg.n_layers):
+            x_BTD, _ = step(x_BTD, jax.tree.map(lambda a: a[i], state))
+        return x_BTD
+
+    def __call__(self, ids_BT, positions_BT=None, segment_ids_BT=None):
+        b, t = ids_BT.shape
+        index_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        positions_BT = index_BT if positions_BT is None else positions_BT
+        segment_ids_BT = jnp.ones((b, t), jnp.int32) if segment_ids_BT is None else segment_ids_BT
+        mask_BTS = attention_mask(segment_ids_BT, segment_ids_BT, index_BT, index_BT)
+        cos_BTE, sin_BTE = rope_cos_sin(positions_BT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
+        x_BTD = constrain(self.embed_tokens(ids_BT, self.compute_dtype), ("batch", "length", None))
+        x_BTD = self._run_layers(x_BTD, lambda layer, x: layer(x, cos_BTE, sin_BTE, mask_BTS))
+        return self.norm(x_BTD)
+
+    # -- KV-cache decoding ---------------------------------------------------
+    def init_cache(self, batch: int, length: int, dtype=None):
+        """Stacked per-layer cache: k, v [L, B, S, K, E] and key segment ids [L, B, S]."""
+        cfg = self.cfg
+        dtype = dtype or self.compute_dtype
+        shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.resolved_head_dim)
+        return {
+            "k": jnp.zeros(shape, dtype),
+            "v": jnp.zeros(shape, dtype),
+            "segment_ids": jnp.full((cfg.n_layers, batch, length), -1, jnp.int32),
+        }
+
+    def decode(self, ids_BT, positions_BT, segment_ids_BT, cache, index):
+        """Runs T new tokens at cache slot `index`; returns (hidden [B, T, D], new cache)."""
+        cos_BTE, sin_BTE = rope_cos_sin(positions_BT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
+        x_BTD = self.embed_tokens(ids_BT, self.compute_dtype)
+        graphdef, state = nnx.split(self.layers)
+
+        def step(x, layer_and_cache):
+            layer_state, layer_cache = layer_and_cache
+            x, new_cache = nnx.merge(graphdef, layer_state).decode(x, cos_BTE, sin_BTE, layer_cache, index, segment_ids_BT)
+            return x, new_cache
+
+        x_BTD, cache = jax.lax.scan(step, x_BTD, (state, cache))
+        return self.norm(x_BTD), cache

@@ -1,0 +1,86 @@
+"""`mmntp train`, `mmntp sample`, `mmntp eval` as a user runs them, in subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mmntp_jax.train.metrics import read_metrics
+
+EXPERIMENT = '''
+"""Tiny test experiment."""
+from mmntp_jax.config import CheckpointConfig, Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+
+def get_config():
+    return Config(
+        name="cli_tiny",
+        model=ModelConfig(vocab_size=272, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64, max_seq_len=128),
+        data=DataConfig(read_threads=1),
+        optim=OptimConfig(lr=1e-2, warmup_steps=1),
+        checkpoint=CheckpointConfig(every=2, keep=2),
+        train=TrainConfig(steps=4, batch_size=8, seq_len=32, eval_every=2, eval_batches=1, log_every=1, peak_flops=1e11, compilation_cache=""),
+    )
+'''
+
+
+def mmntp(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "mmntp_jax.cli", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    path = tmp_path_factory.mktemp("exp") / "cli_tiny.py"
+    path.write_text(EXPERIMENT)
+    return path
+
+
+def test_train_then_sample_then_eval(experiment, tmp_path):
+    workdir = tmp_path / "run"
+    out = mmntp("train", "--config", experiment, "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    assert "step/s" in out.stderr or "s/step" in out.stderr  # the progress bar
+    sample = mmntp("sample", "--workdir", workdir, "--prompt", "def ", "--max-new-tokens", "8")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("def ") and len(sample.stdout) > len("def ")
+    hot = mmntp("sample", "--workdir", workdir, "--prompt", "x", "--temperature", "1.0", "--top-k", "5", "--num-samples", "2")
+    assert hot.returncode == 0, hot.stderr
+    assert len((workdir / "samples" / "samples.jsonl").read_text().splitlines()) == 3
+    evaluated = mmntp("eval", "--workdir", workdir, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    record = json.loads(evaluated.stdout)
+    logged = [r["eval/loss"] for r in read_metrics(workdir) if "eval/loss" in r and r["step"] == 4]
+    assert record["step"] == 4 and record["loss"] == pytest.approx(logged[0], rel=1e-5)
+    again = mmntp("train", "--config", experiment, "--workdir", workdir)
+    assert again.returncode == 0 and "complete" in again.stderr
+
+
+def test_ctrl_c_saves_and_the_same_command_resumes(experiment, tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mmntp_jax.cli", "train", "--config", str(experiment), "--workdir", str(workdir), "--set", "train.steps=400", "--set", "checkpoint.every=1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(r.get("step", 0) >= 2 for r in read_metrics(workdir)):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGINT: stopped at step" in err
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and 2 <= saved[-1] < 400
+    resumed = mmntp("train", "--config", experiment, "--workdir", workdir, "--set", "train.steps=" + str(saved[-1] + 2), "--set", "checkpoint.every=1000")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from step {saved[-1]}" in resumed.stderr
+
+
+def test_errors_are_one_line(tmp_path):
+    out = mmntp("sample", "--workdir", tmp_path / "nothing")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"mmntp sample: error: {tmp_path / 'nothing'} is not a training workdir: config.json is missing"]
+    missing = mmntp("train", "--config", tmp_path / "nope.py")
+    assert missing.returncode == 2 and "nope.py: not found" in missing.stderr
+    assert mmntp("--help").returncode == 0
