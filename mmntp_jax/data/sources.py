@@ -12,6 +12,7 @@ import grain
 
 from mmntp_jax.data import stdlib
 from mmntp_jax.data.documents import text_document
+from mmntp_jax.data.markov import markov_source
 from mmntp_jax.data.vocab import Vocab
 from mmntp_jax.tokenizers.text import ByteTokenizer
 
@@ -32,6 +33,7 @@ def stdlib_source(config, split: str):
 
 SOURCES: dict[str, Callable] = {
     "stdlib": stdlib_source,
+    "markov": markov_source,
 }
 
 
