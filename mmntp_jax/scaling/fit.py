@@ -6,7 +6,8 @@ As in the paper (and the replication of Besiroglu et al. 2024):
   * objective Σ_i Huber_δ(log L̂_i − log L_i) with δ = 1e-3, summed, not averaged;
   * L-BFGS from every point of the grid α, β ∈ {0, 0.5, …, 2}, e ∈ {-1, -.5, …, 1},
     a, b ∈ {0, 5, …, 25} (4,500 starts), keeping the lowest objective.
-All starts run together (`lbfgs.minimize`, vectorised in JAX, float64).
+All starts run together (`lbfgs.minimize`, vectorised in JAX): first in float32,
+then the best distinct optima again in float64.
 The compute-optimal allocation follows in closed form: with C = k·N·D,
 N_opt = G (C/k)^a, D_opt = G⁻¹ (C/k)^b, a = β/(α+β), b = α/(α+β),
 G = (αA / βB)^(1/(α+β)).
@@ -35,6 +36,7 @@ HOFFMANN_GRID = {
 }
 HOFFMANN_PUBLISHED = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 MIN_POINTS = 6  # more points than the 5 parameters
+COARSE_FTOL, COARSE_MAX_ITER = 1e-5, 500
 
 
 def huber(r, delta):
@@ -158,21 +160,33 @@ def _distinct(x_SP: np.ndarray, f_S: np.ndarray, k: int) -> tuple:
     return tuple(out)
 
 
-def fit_law(n, d, loss, *, delta: float = HUBER_DELTA, starts: np.ndarray | None = None, what: str = "Approach 3", max_iter: int = 1000, n_basins: int = 16) -> LawFit:
-    """Fits L(N, D) by multi-start L-BFGS on the summed Huber loss of log loss."""
+def fit_law(
+    n, d, loss, *, delta: float = HUBER_DELTA, starts: np.ndarray | None = None, what: str = "Approach 3",
+    max_iter: int = 1000, n_polish: int = 32, n_basins: int = 16,
+) -> LawFit:
+    """Fits L(N, D) by multi-start L-BFGS on the summed Huber loss of log loss.
+
+    Every start runs in float32 first (to a relative decrease of `COARSE_FTOL`,
+    at most `COARSE_MAX_ITER` iterations); the `n_polish` best distinct results
+    are then run again in float64 to full precision and the best of those is kept.
+    """
     n, d, loss = _check(n, d, loss, what)
     starts = grid_starts() if starts is None else np.asarray(starts, np.float64)
-    data = (np.log(n), np.log(d), np.log(loss), np.float64(delta), np.ones_like(n))
-    res = lbfgs.minimize(objective, starts, data, max_iter=max_iter)
-    f = np.where(np.isfinite(res.f_S), res.f_S, np.inf)
-    best = int(np.argmin(f))
-    if not np.isfinite(f[best]):
+    data = (np.log(n), np.log(d), np.log(loss), delta, np.ones_like(n))
+    coarse = lbfgs.minimize(objective, starts, data, dtype="float32", max_iter=COARSE_MAX_ITER, ftol=COARSE_FTOL)
+    f32 = np.where(np.isfinite(coarse.f_S), coarse.f_S, np.inf)
+    seeds = np.asarray(_distinct(coarse.x_SP.astype(np.float64), f32, n_polish), np.float64)
+    if not len(seeds):
         raise RunsError(f"{what}: no start reached a finite objective")
-    a, b, e, alpha, beta = (float(v) for v in res.x_SP[best])
+    fine = lbfgs.minimize(objective, seeds, data, dtype="float64", max_iter=max_iter)
+    f = np.where(np.isfinite(fine.f_S), fine.f_S, np.inf)
+    best = int(np.argmin(f))
+    a, b, e, alpha, beta = (float(v) for v in fine.x_SP[best])
+    origin = int(np.flatnonzero(np.all(np.isclose(coarse.x_SP, seeds[best].astype(np.float32)), axis=1))[0])
     return LawFit(
         E=float(np.exp(e)), A=float(np.exp(a)), B=float(np.exp(b)), alpha=alpha, beta=beta, objective=float(f[best]),
-        n_points=len(n), n_starts=len(starts), n_converged=int(res.converged_S.sum()),
-        start=tuple(float(v) for v in starts[best]), basins=_distinct(res.x_SP, f, n_basins),
+        n_points=len(n), n_starts=len(starts), n_converged=int(coarse.converged_S.sum()),
+        start=tuple(float(v) for v in starts[origin]), basins=_distinct(fine.x_SP, f, n_basins),
     )
 
 
@@ -183,7 +197,7 @@ def refit_weighted(n, d, loss, weights_BP: np.ndarray, starts: np.ndarray, *, de
     n_b, n_s = weights_BP.shape[0], len(starts)
     x0 = np.tile(starts, (n_b, 1))
     w = np.repeat(weights_BP, n_s, axis=0)
-    res = lbfgs.minimize(objective, x0, (np.log(n), np.log(d), np.log(loss), np.float64(delta)), (w,), max_iter=max_iter)
+    res = lbfgs.minimize(objective, x0, (np.log(n), np.log(d), np.log(loss), delta), (w,), max_iter=max_iter)
     f = np.where(np.isfinite(res.f_S), res.f_S, np.inf).reshape(n_b, n_s)
     x = res.x_SP.reshape(n_b, n_s, -1)
     return x[np.arange(n_b), np.argmin(f, axis=1)]
