@@ -26,6 +26,7 @@ import numpy as np
 
 from mmntp_jax.data import stdlib
 from mmntp_jax.data.documents import text_document
+from mmntp_jax.data.markov import markov_source
 from mmntp_jax.data.vocab import Vocab
 from mmntp_jax.tokenizers.text import ByteTokenizer
 
@@ -118,6 +119,7 @@ SOURCES: dict[str, Callable] = {
     "stdlib": stdlib_source,
     "shards": shards_source,
     "mixture": mixture_source,
+    "markov": markov_source,
 }
 
 
