@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import jax.numpy as jnp
 from flax import nnx
 
-from mmntp_jax.tokenizers.autoencoder import Decoder, Encoder
-from mmntp_jax.tokenizers.bottleneck import Bottleneck, QuantizerConfig
+from mmntp_jax.tokenizers.bottleneck import QuantizerConfig, msvq_scales
+from mmntp_jax.tokenizers.conv_tokenizer import ConvTokenizer
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,11 @@ class ImageTokenizerConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key '{prefix}.{name}': must be ≥ 1, got {getattr(self, name)}")
         self.quantizer.validate(f"{prefix}.quantizer")
+        if self.quantizer.kind == "msvq":
+            try:
+                msvq_scales(self.quantizer, (self.image_size // self.factor,) * 2)
+            except ValueError as err:
+                raise ConfigError(f"config key '{prefix}.quantizer.scales': {err}") from None
 
 
 def check_images(x, in_channels: int, factor: int, what: str = "image tokenizer") -> None:
@@ -63,61 +67,18 @@ def check_images(x, in_channels: int, factor: int, what: str = "image tokenizer"
         raise ValueError(f"{what}: image size {x.shape[1]}×{x.shape[2]} is not divisible by the down-sampling factor {factor}")
 
 
-class ImageTokenizer(nnx.Module):
+class ImageTokenizer(ConvTokenizer):
     """encoder → quant_conv → quantize → post_quant_conv → decoder (diffusers VQModel names)."""
 
     kind = "image"
 
     def __init__(self, config: ImageTokenizerConfig, *, rngs: nnx.Rngs):
-        config.validate()
-        self.config = config
-        c, q = config, config.quantizer
-        arch = (c.channels, c.channel_mult, c.num_res_blocks, c.z_channels, c.norm_groups, c.attention)
-        self.encoder = Encoder(c.in_channels, *arch, patch=c.patch, rngs=rngs)
-        self.quant_conv = nnx.Conv(c.z_channels, q.code_dim, (1, 1), rngs=rngs)
-        self.quantize = Bottleneck(q, spatial_dims=2, rngs=rngs)
-        self.post_quant_conv = nnx.Conv(q.code_dim, c.z_channels, (1, 1), rngs=rngs)
-        self.decoder = Decoder(c.in_channels, *arch, patch=c.patch, rngs=rngs)
+        super().__init__(config, video=False, rngs=rngs)
 
-    # -- sizes -----------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return self.config.quantizer.vocab_size
-
-    def grid(self, shape=None) -> tuple[int, int]:
-        H, W = (shape[-3], shape[-2]) if shape is not None and len(shape) >= 3 else (shape or (self.config.image_size,) * 2)
+    def latent_shape(self, shape=None) -> tuple[int, int]:
+        """(h, w) of an image of `shape` ([H, W] or [H, W, C]; default image_size²)."""
+        H, W = (shape[0], shape[1]) if shape is not None else (self.config.image_size,) * 2
         return H // self.config.factor, W // self.config.factor
 
-    def tokens_per_item(self, shape=None) -> int:
-        """Tokens of one image of `shape` ([H, W] or [H, W, C]; default image_size²)."""
-        return math.prod(self.quantize.codes_shape(self.grid(shape)))
-
-    # -- the autoencoder ---------------------------------------------------------
-    def encode_latent(self, x_BHWC):
-        check_images(x_BHWC, self.config.in_channels, self.config.factor)
-        return self.quant_conv(self.encoder(x_BHWC * 2.0 - 1.0))
-
-    def decode_latent(self, zq_BhwD):
-        return (self.decoder(self.post_quant_conv(zq_BhwD)) + 1.0) / 2.0
-
-    def __call__(self, x_BHWC, *, key=None, train: bool = False):
-        """(reconstruction `[B, H, W, C]`, QuantOut) — the training forward pass."""
-        out = self.quantize(self.encode_latent(x_BHWC), key=key, train=train)
-        return self.decode_latent(out.z_q), out
-
-    # -- the tokenizer interface ---------------------------------------------------
-    def encode(self, x_BHWC):
-        """Images → int32 tokens `[B, N]` in raster order."""
-        codes = self.quantize(self.encode_latent(x_BHWC)).codes
-        return codes.reshape(codes.shape[0], -1).astype(jnp.int32)
-
-    def decode(self, codes_BN, shape=None):
-        """Tokens `[B, N]` → images `[B, H, W, C]` in [0, 1] (default size image_size)."""
-        h, w = self.grid(shape)
-        n = self.tokens_per_item(shape)
-        if codes_BN.ndim != 2 or codes_BN.shape[1] != n:
-            raise ValueError(f"image tokenizer: expected codes [B, {n}] for a {h}×{w} latent grid, got shape {tuple(codes_BN.shape)}")
-        latent = (codes_BN.shape[0], h, w)
-        zq_BhwD = self.quantize.lookup(codes_BN.reshape(self.quantize.codes_shape(latent)), latent)
-        return jnp.clip(self.decode_latent(zq_BhwD), 0.0, 1.0)
-
+    def check(self, x) -> None:
+        check_images(x, self.config.in_channels, self.config.factor)

@@ -64,6 +64,11 @@ class Tokenizer:
             raise ValueError("continuous tokenizers produce embeddings, not codes; they have no vocabulary")
         return self.module().vocab_size
 
+    @property
+    def codebook_size(self) -> int:
+        """Same as `vocab_size` (the name `mmntp_jax.data.tokenize` uses)."""
+        return self.vocab_size
+
     def tokens_per_item(self, shape=None, **options) -> int:
         return self.module().tokens_per_item(shape, **options)
 

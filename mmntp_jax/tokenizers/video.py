@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import jax.numpy as jnp
 from flax import nnx
 
-from mmntp_jax.tokenizers.autoencoder import Decoder, Encoder
-from mmntp_jax.tokenizers.bottleneck import Bottleneck, QuantizerConfig
+from mmntp_jax.tokenizers.bottleneck import QuantizerConfig, msvq_scales
+from mmntp_jax.tokenizers.conv_tokenizer import ConvTokenizer
 from mmntp_jax.tokenizers.image import ImageTokenizer, check_images
 
 
@@ -70,36 +70,25 @@ class VideoTokenizerConfig:
         if self.image_size % self.factor:
             raise ConfigError(f"config key '{prefix}.image_size': {self.image_size} is not divisible by {prefix}.factor={self.factor}")
         self.quantizer.validate(f"{prefix}.quantizer")
+        if self.quantizer.kind == "msvq":
+            try:
+                msvq_scales(self.quantizer, (self.image_size // self.factor,) * 2)
+            except ValueError as err:
+                raise ConfigError(f"config key '{prefix}.quantizer.scales': {err}") from None
 
 
-class VideoTokenizer(nnx.Module):
+class VideoTokenizer(ConvTokenizer):
     """encoder → quant_conv → quantize → post_quant_conv → decoder, all causal in time."""
 
     kind = "video"
 
     def __init__(self, config: VideoTokenizerConfig, *, rngs: nnx.Rngs):
-        config.validate()
-        self.config = config
-        c, q = config, config.quantizer
-        arch = (c.channels, c.channel_mult, c.num_res_blocks, c.z_channels, c.norm_groups, c.attention)
-        opts = dict(patch=c.patch, video=True, downs=c.downs, rngs=rngs)
-        self.encoder = Encoder(c.in_channels, *arch, **opts)
-        self.quant_conv = nnx.Conv(c.z_channels, q.code_dim, (1, 1), rngs=rngs)
-        self.quantize = Bottleneck(q, spatial_dims=2, rngs=rngs)
-        self.post_quant_conv = nnx.Conv(q.code_dim, c.z_channels, (1, 1), rngs=rngs)
-        self.decoder = Decoder(c.in_channels, *arch, **opts)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.quantizer.vocab_size
+        super().__init__(config, video=True, downs=config.downs, rngs=rngs)
 
     def latent_shape(self, shape=None) -> tuple[int, int, int]:
+        """(T', h, w) of a video of `shape` ([T, H, W(, C)]; default frames × image_size²)."""
         T, H, W = (shape[0], shape[1], shape[2]) if shape is not None else (self.config.frames, self.config.image_size, self.config.image_size)
         return 1 + (T - 1) // self.config.temporal_factor, H // self.config.factor, W // self.config.factor
-
-    def tokens_per_item(self, shape=None) -> int:
-        """Tokens of one video of `shape` ([T, H, W(, C)]; default frames × image_size²)."""
-        return math.prod(self.quantize.codes_shape(self.latent_shape(shape)))
 
     def check(self, x) -> None:
         c = self.config
@@ -108,32 +97,6 @@ class VideoTokenizer(nnx.Module):
         check_images(x[:, 0], c.in_channels, c.factor, "video tokenizer")
         if (x.shape[1] - 1) % c.temporal_factor:
             raise ValueError(f"video tokenizer: {x.shape[1]} frames is not 1 + n·{c.temporal_factor} (shape {tuple(x.shape)})")
-
-    def encode_latent(self, x_BTHWC):
-        self.check(x_BTHWC)
-        return self.quant_conv(self.encoder(x_BTHWC * 2.0 - 1.0))
-
-    def decode_latent(self, zq_BthwD):
-        return (self.decoder(self.post_quant_conv(zq_BthwD)) + 1.0) / 2.0
-
-    def __call__(self, x_BTHWC, *, key=None, train: bool = False):
-        out = self.quantize(self.encode_latent(x_BTHWC), key=key, train=train)
-        return self.decode_latent(out.z_q), out
-
-    def encode(self, x_BTHWC):
-        """Videos → int32 tokens `[B, N]`, time-major raster order."""
-        codes = self.quantize(self.encode_latent(x_BTHWC)).codes
-        return codes.reshape(codes.shape[0], -1).astype(jnp.int32)
-
-    def decode(self, codes_BN, shape=None):
-        """Tokens `[B, N]` → videos `[B, T, H, W, C]` in [0, 1] (default frames × image_size²)."""
-        t, h, w = self.latent_shape(shape)
-        n = self.tokens_per_item(shape)
-        if codes_BN.ndim != 2 or codes_BN.shape[1] != n:
-            raise ValueError(f"video tokenizer: expected codes [B, {n}] for {t}×{h}×{w} latents, got shape {tuple(codes_BN.shape)}")
-        latent = (codes_BN.shape[0], t, h, w)
-        zq = self.quantize.lookup(codes_BN.reshape(self.quantize.codes_shape(latent)), latent)
-        return jnp.clip(self.decode_latent(zq), 0.0, 1.0)
 
 
 def inflate_from_image(video: VideoTokenizer, image: ImageTokenizer) -> None:
