@@ -27,6 +27,7 @@ setup(
         "pyarrow>=18",
         "matplotlib>=3.8,<4",
         "scipy>=1.13,<2",
+        "flatbuffers>=24.3,<26",  # jax.export serialization (mmntp export stablehlo)
     ],
     extras_require={
         "dev": ["pytest>=8", "hypothesis>=6.100", "scikit-image>=0.24"],

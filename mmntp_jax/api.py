@@ -27,7 +27,7 @@ class Run:
     vocab: Vocab
     params: dict
     step: int
-    tokenizer: ByteTokenizer
+    tokenizer: ByteTokenizer  # or HFTextTokenizer when the workdir has tokenizers/text/tokenizer.json
 
     @property
     def graph(self):
@@ -72,4 +72,6 @@ def load(workdir, step: int | None = None) -> Run:
         params, step = checkpointer.restore_params(step, abstract)
     finally:
         checkpointer.close()
-    return Run(workdir, config, vocab, params, step, ByteTokenizer(vocab))
+    from mmntp_jax.export.text_tokenizer import workdir_text_tokenizer
+
+    return Run(workdir, config, vocab, params, step, workdir_text_tokenizer(workdir, vocab))

@@ -65,8 +65,7 @@ class DataConfig:
     source: str = "stdlib"
     path: str = ""
     eval_fraction: float = 0.02
-    shuffle_buffer: int = 1024
-    pack_window: int = 64
+    pack_window: int = 256
     num_workers: int = 0
     read_threads: int = 2
     mixture: tuple = ()
@@ -158,10 +157,12 @@ def default_experiment_path() -> Path:
 
 
 def load_experiment(path: str | Path) -> Config:
-    """Imports `path` and returns its `get_config()`."""
+    """Imports `path` and returns its `get_config()` (a .json file is a resolved config, e.g. a workdir's)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found")
+    if path.suffix == ".json":
+        return load_json(path)
     spec = importlib.util.spec_from_file_location(f"mmntp_experiment_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,10 +1,13 @@
-"""Test set-up: 8 simulated CPU devices, set before jax is imported.
+"""Test set-up: 8 simulated CPU devices, set before jax is imported, and a
+session-wide persistent compilation cache so identical programs compile once.
 
-Tests marked `slow` (long training runs, full benchmarks-as-tests) are left out
-of the default run by pytest.ini; run them with `pytest -m slow`.
+Tests marked `slow` (long training runs, benchmark-sized checks) are left out
+of the default run by pytest.ini; run them with `pytest -m slow`, or everything
+with `pytest -m "slow or not slow"`.
 """
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -13,3 +16,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="mmntp_test_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

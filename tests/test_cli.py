@@ -40,10 +40,12 @@ def experiment(tmp_path_factory):
 
 
 def test_train_then_sample_then_eval(experiment, tmp_path):
-    workdir = tmp_path / "run"
-    out = mmntp("train", "--config", experiment, "--workdir", workdir)
+    workdir, cache = tmp_path / "run", tmp_path / "xla_cache"
+    out = mmntp("train", "--config", experiment, "--workdir", workdir, "--profile-steps", "1:2", "--set", f"train.compilation_cache={cache}")
     assert out.returncode == 0, out.stderr
     assert "step/s" in out.stderr or "s/step" in out.stderr  # the progress bar
+    assert list((workdir / "profile").rglob("*.xplane.pb")), "no profiler trace written"
+    assert any(cache.iterdir()), "the persistent compilation cache stayed empty"
     sample = mmntp("sample", "--workdir", workdir, "--prompt", "def ", "--max-new-tokens", "8")
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("def ") and len(sample.stdout) > len("def ")

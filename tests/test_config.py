@@ -38,7 +38,7 @@ def test_bad_overrides_name_the_key(override, message):
     [
         (dict(model=dict(n_heads=4, n_kv_heads=3)), None, "'model.n_heads': 4 is not divisible by model.n_kv_heads=3"),
         (dict(model=dict(attention="flash")), None, "'model.attention': 'flash' is not one of xla, reference, blockwise"),
-        (dict(data=dict(source="web")), None, "'data.source': 'web' is not one of stdlib"),
+        (dict(data=dict(source="web")), None, "'data.source': 'web' is not one of stdlib, shards, mixture, markov"),
         (dict(optim=dict(schedule="linear")), None, "'optim.schedule': 'linear' is not one of cosine, wsd, constant"),
         (dict(mesh=dict(data=3)), 8, "mesh: data=3, fsdp=1, tensor=1, sequence=1 has 3 devices but 8 are available"),
         (dict(mesh=dict(data=8), train=dict(batch_size=4)), 8, "'train.batch_size': micro-batch 4 is not divisible by mesh data×fsdp=8"),

@@ -165,3 +165,23 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close():
     out32 = logits(make()(ids), make().head_kernel())
     assert out16.dtype == jnp.float32
     np.testing.assert_allclose(out16, out32, atol=0.05)
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_fused_cross_entropy_gradients_match_autodiff(chunk):
+    from mmntp_jax.model.heads import fused_cross_entropy
+
+    rng = np.random.default_rng(1)
+    h = jnp.asarray(rng.normal(size=(2, 16, 8)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(8, 50)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 50, size=(2, 16)))
+    m = jnp.asarray(rng.integers(0, 2, size=(2, 16)), jnp.float32)
+
+    def reference(h, w):
+        loss, lse = token_losses(h, w, y, 0)
+        return jnp.sum(loss * m) + 1e-2 * jnp.sum(m * lse**2)
+
+    fused = lambda h, w: fused_cross_entropy(h, w, y, m, 1e-2, chunk)[0]
+    np.testing.assert_allclose(fused(h, w), reference(h, w), rtol=1e-5)
+    for got, want in zip(jax.grad(fused, argnums=(0, 1))(h, w), jax.grad(reference, argnums=(0, 1))(h, w)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -2,16 +2,19 @@
 
 A document is a dict of equal-length 1-D numpy arrays:
     tokens    int32  global token ids (see `Vocab`)
-    modality  int32  modality id of each token (0 text, 1 image, 2 audio, 3 video);
+    modality  int    modality id of each token (0 text, 1 image, 2 audio, 3 video);
                      block markers carry the modality of their block
     loss      uint8  1 where the token is trained on as a prediction target
+
+Layout: <bos> segment … segment <eos>; a text segment is its ids, a media
+segment is a block `<boi> c1 … cN <eoi>` (audio <boa>/<eoa>, video <bov>/<eov>).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mmntp_jax.data.vocab import Vocab
+from mmntp_jax.data.vocab import MODALITY_ID, Vocab
 
 
 def text_document(ids, vocab: Vocab, *, add_bos: bool = True, add_eos: bool = True) -> dict[str, np.ndarray]:
@@ -27,6 +30,27 @@ def text_document(ids, vocab: Vocab, *, add_bos: bool = True, add_eos: bool = Tr
         "modality": np.zeros_like(tokens),
         "loss": np.ones(tokens.shape, np.uint8),
     }
+
+
+def assemble_document(parts, vocab: Vocab) -> dict[str, np.ndarray]:
+    """Builds a document from [(modality name, global ids, trained on?), …].
+
+    Media ids are wrapped in their block markers; the whole is framed by
+    <bos> … <eos>. A segment's loss flag covers its markers; <eos> is trained on.
+    """
+    tokens, modality, loss = [np.array([vocab.bos_id], np.int32)], [np.zeros(1, np.uint8)], [np.zeros(1, np.uint8)]
+    for name, ids, trained in parts:
+        ids = np.asarray(ids, np.int32).reshape(-1)
+        if name != "text":
+            begin, end = vocab.markers(name)
+            ids = np.concatenate([[begin], ids, [end]]).astype(np.int32)
+        tokens.append(ids)
+        modality.append(np.full(ids.shape, MODALITY_ID[name], np.uint8))
+        loss.append(np.full(ids.shape, 1 if trained else 0, np.uint8))
+    tokens.append(np.array([vocab.eos_id], np.int32))
+    modality.append(np.zeros(1, np.uint8))
+    loss.append(np.ones(1, np.uint8))
+    return {"tokens": np.concatenate(tokens), "modality": np.concatenate(modality), "loss": np.concatenate(loss)}
 
 
 def check_document(doc: dict[str, np.ndarray], where: str = "document") -> None:

@@ -1,24 +1,132 @@
-"""Documents → fixed-length `PackedBatch` rows.
+"""Documents → fixed-length `PackedBatch` rows: block-aware cutting, best-fit-decreasing packing.
 
-A document of n tokens gives n-1 (input, target) pairs. A row of length T holds
-the pairs of one or more document chunks; a chunk that ends mid-document is
-continued in the next row starting at its last input token's successor, so every
-pair appears exactly once. Each chunk is its own segment: `segment_ids` count
-1, 2, … along the row (0 = padding) and `positions` restart at 0.
+Cutting. A document of n tokens gives n-1 (input, target) pairs; pair j is
+tokens[j] → tokens[j+1]. A chunk (start, length) holds pairs start … start+length-1,
+i.e. inputs tokens[start : start+length] and targets one further; consecutive
+chunks share one token, so every pair lands in exactly one chunk. A modality
+block `<boi> c1 … cN <eoi>` at tokens [b, e] is never split: a chunk may start at
+token p only if no block has b < p ≤ e, so all of a block's tokens are inputs of
+one chunk and all its codes and its end marker are targets of that same chunk.
+Cuts happen at text boundaries (or right before a block's begin marker); a block
+of more than T tokens cannot fit and is an error.
 
-`SequentialPackIterDataset` fills rows in stream order (no reordering). Its
-state is (parent state before the current document, cursor inside it), so a
-restored iterator yields exactly the rows an uninterrupted one would.
+Packing. `best_fit_decreasing(lengths, T)` sorts the chunks longest first and
+puts each into the open row whose free space is smallest but still enough,
+opening a new row when none fits. Free spaces are kept in a sorted list with a
+bucket of rows per space, so each placement is a binary search: O(n log T).
+
+Rows. `write_row(chunks, docs, T)` lays chunks out along a row. Each chunk is its
+own segment: `segment_ids` count 1, 2, … (0 = padding, only at the end),
+`positions` restart at 0, `inputs`/`targets` are the chunk's pairs, `modality`
+and `loss_mask` are those of the target token (padding: 0).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
 
-import grain
 import numpy as np
 
+from mmntp_jax.data.vocab import BEGIN_IDS, END_IDS
+
 ROW_FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "modality")
+
+
+class BlockTooLongError(ValueError):
+    """A modality block has more tokens than a packed row holds."""
+
+
+def block_spans(tokens) -> np.ndarray:
+    """`[K, 2]` inclusive (begin, end) token indices of the blocks of a document."""
+    tokens = np.asarray(tokens)
+    begins = np.flatnonzero(np.isin(tokens, BEGIN_IDS))
+    ends = np.flatnonzero(np.isin(tokens, END_IDS))
+    ok = begins.size == ends.size and bool(np.all(begins < ends)) and bool(np.all(ends[:-1] < begins[1:]))
+    if ok and begins.size:
+        ok = bool(np.all(tokens[ends] == tokens[begins] + 1))  # <boi>/<eoi> etc. are consecutive ids
+    if not ok:
+        raise ValueError(f"malformed blocks: begin markers at {begins[:8].tolist()}, end markers at {ends[:8].tolist()}")
+    return np.stack([begins, ends], axis=1) if begins.size else np.zeros((0, 2), np.int64)
+
+
+def max_block_len(tokens) -> int:
+    spans = block_spans(tokens)
+    return int((spans[:, 1] - spans[:, 0] + 1).max()) if len(spans) else 0
+
+
+def chunk_spans(tokens, seq_len: int, where: str = "document") -> list[tuple[int, int]]:
+    """(start pair, n pairs) of each chunk; one chunk if the document fits in a row."""
+    n_pairs = len(tokens) - 1
+    if n_pairs <= 0:
+        return []
+    if n_pairs <= seq_len:
+        return [(0, n_pairs)]
+    spans = block_spans(tokens)
+    if len(spans):
+        longest = int((spans[:, 1] - spans[:, 0] + 1).max())
+        if longest > seq_len:
+            raise BlockTooLongError(f"{where}: a block of {longest} tokens is longer than seq_len={seq_len}; blocks are never split")
+    begins, ends = spans[:, 0], spans[:, 1]
+    chunks, start = [], 0
+    while n_pairs - start > seq_len:
+        cut = start + seq_len
+        k = int(np.searchsorted(begins, cut, side="left")) - 1  # last block beginning before the cut
+        if k >= 0 and ends[k] >= cut:
+            cut = int(begins[k])
+        chunks.append((start, cut - start))
+        start = cut
+    chunks.append((start, n_pairs - start))
+    return chunks
+
+
+def blocks_cut(tokens, chunks: list[tuple[int, int]]) -> int:
+    """How many blocks straddle a chunk boundary (0 for `chunk_spans` output)."""
+    spans = block_spans(tokens)
+    starts = np.array([s for s, _ in chunks[1:]], np.int64)
+    if not len(spans) or not starts.size:
+        return 0
+    inside = (starts[None, :] > spans[:, :1]) & (starts[None, :] <= spans[:, 1:])
+    return int(inside.any(axis=1).sum())
+
+
+def best_fit_decreasing(lengths, capacity: int) -> tuple[list[list[int]], list[int]]:
+    """Packs items of `lengths` (each ≤ capacity) into bins; returns (item ids per bin, fill per bin).
+
+    Deterministic: ties in length keep input order; among rows with equal free
+    space the most recently touched is used.
+    """
+    lengths = [int(x) for x in lengths]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    spaces: list[int] = []  # distinct free spaces of open bins, ascending
+    buckets: dict[int, list[int]] = {}  # free space → bins with that space
+    bins: list[list[int]] = []
+    fill: list[int] = []
+    for i in order:
+        size = lengths[i]
+        if size > capacity or size <= 0:
+            raise ValueError(f"item {i} has length {size}; expected 1 … {capacity}")
+        j = bisect.bisect_left(spaces, size)
+        if j < len(spaces):
+            space = spaces[j]
+            bucket = buckets[space]
+            b = bucket.pop()
+            if not bucket:
+                del buckets[space]
+                del spaces[j]
+        else:
+            b, space = len(bins), capacity
+            bins.append([])
+            fill.append(0)
+        bins[b].append(i)
+        fill[b] += size
+        left = space - size
+        if left > 0:
+            if left in buckets:
+                buckets[left].append(b)
+            else:
+                buckets[left] = [b]
+                bisect.insort(spaces, left)
+    return bins, fill
 
 
 def empty_row(seq_len: int) -> dict[str, np.ndarray]:
@@ -39,62 +147,18 @@ def write_chunk(row: dict[str, np.ndarray], doc: dict[str, np.ndarray], start: i
     row["positions"][dst] = np.arange(length, dtype=np.int32)
 
 
-class _SequentialPackIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, seq_len: int):
-        super().__init__(parent)
-        self._seq_len = seq_len
-        self._doc = None
-        self._cursor = 0
-        self._doc_parent_state = None
-
-    def _pairs_left(self) -> int:
-        return 0 if self._doc is None else len(self._doc["tokens"]) - 1 - self._cursor
-
-    def _advance_document(self) -> None:
-        self._doc_parent_state = self._parent.get_state()
-        self._doc = next(self._parent)
-        self._cursor = 0
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        row, fill, segment = empty_row(self._seq_len), 0, 0
-        while fill < self._seq_len:
-            if self._pairs_left() <= 0:
-                try:
-                    self._advance_document()
-                except StopIteration:
-                    self._doc = None
-                    if fill == 0:
-                        raise
-                    break
-                continue
-            length = min(self._pairs_left(), self._seq_len - fill)
-            segment += 1
-            write_chunk(row, self._doc, self._cursor, length, fill, segment)
-            self._cursor += length
-            fill += length
-        return row
-
-    def get_state(self) -> dict[str, Any]:
-        if self._pairs_left() <= 0:
-            return {"parent": self._parent.get_state(), "cursor": -1}
-        return {"parent": self._doc_parent_state, "cursor": self._cursor}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._parent.set_state(state["parent"])
-        self._doc, self._cursor = None, 0
-        if state["cursor"] >= 0:
-            self._advance_document()
-            self._cursor = state["cursor"]
+def write_row(chunks, docs, seq_len: int) -> dict[str, np.ndarray]:
+    """A row from [(doc key, start, length), …]; `docs[key]` is the document."""
+    row, at = empty_row(seq_len), 0
+    for segment, (key, start, length) in enumerate(chunks, start=1):
+        if at + length > seq_len:
+            raise ValueError(f"chunks of {at + length} pairs overflow a row of {seq_len}")
+        write_chunk(row, docs[key], start, length, at, segment)
+        at += length
+    return row
 
 
-class SequentialPackIterDataset(grain.IterDataset):
-    """Packs a stream of documents into rows of `seq_len` pairs, in order."""
-
-    def __init__(self, parent: grain.IterDataset, seq_len: int):
-        super().__init__(parent)
-        if seq_len <= 0:
-            raise ValueError(f"seq_len must be > 0, got {seq_len}")
-        self._seq_len = seq_len
-
-    def __iter__(self) -> _SequentialPackIterator:
-        return _SequentialPackIterator(self._parent.__iter__(), self._seq_len)
+def padding_fraction(rows) -> float:
+    """Share of row slots that hold no pair (segment id 0)."""
+    total = sum(r["segment_ids"].size for r in rows)
+    return float(sum(int((r["segment_ids"] == 0).sum()) for r in rows) / max(total, 1))

@@ -1,17 +1,36 @@
-"""The input pipeline: source → shard by process → shuffle → pack → batch.
+"""The input pipeline: source → shuffle → shard by process → pack → batch → prefetch.
 
 `make_dataset(config, split)` returns a grain `IterDataset` of `PackedBatch`
-dicts with the process-local batch `[B / process_count, T]`; its iterator's
-`get_state()` / `set_state()` are saved with each checkpoint, so a resumed run
-sees exactly the batches an uninterrupted one would have seen.
+dicts with the process-local batch `[B / process_count, T]`:
+
+    source     `data.source` (see `sources.py`): a MapDataset of documents
+    shuffle    train: a fresh permutation of the documents every epoch (seed
+               `train.seed`), repeated forever; eval: in order, once
+    shard      process p of n takes documents p, p+n, p+2n, … of that stream, so
+               the processes' documents are disjoint and together are the stream
+    pack       `WindowPackIterDataset`: best-fit-decreasing over windows of
+               `data.pack_window` rows, half of them carried over; documents are
+               read by `data.num_workers` processes (0: in this one, with
+               `data.read_threads` threads) and packed here
+    batch      `B / process_count` rows, remainder dropped
+    prefetch   a background thread keeps 2 batches ready
+
+Its iterator's `get_state()` (JSON) / `set_state()` are saved with each
+checkpoint, so a resumed run sees exactly the batches an uninterrupted one
+would have seen. The output does not depend on `data.num_workers`.
 """
 
 from __future__ import annotations
 
+import sys
+
 import grain
 
-from mmntp_jax.data.packing import SequentialPackIterDataset
+from mmntp_jax.config import ConfigError
+from mmntp_jax.data.pack_iter import WindowPackIterDataset
 from mmntp_jax.data.sources import get_source
+
+PREFETCH_BATCHES = 2
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
@@ -20,21 +39,54 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
-def make_dataset(config, split: str = "train", *, process_index: int = 0, process_count: int = 1, batch_size: int | None = None):
-    """PackedBatch stream for `split`; train repeats forever, eval is finite and fixed."""
+def make_documents(config, split: str = "train", *, process_index: int = 0, process_count: int = 1):
+    """(vocab, MapDataset of this process's documents): shuffled and endless for train."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
     vocab, docs = get_source(config.data.source)(config, split)
-    if len(docs) < process_count:
+    endless = len(docs) >= sys.maxsize
+    if not endless and len(docs) < process_count:
         raise ValueError(f"data.source={config.data.source}: {len(docs)} {split} documents cannot be split over {process_count} processes")
-    docs = docs[process_index::process_count]
-    if split == "train":
+    if split == "train" and not endless:
         docs = docs.shuffle(seed=config.train.seed).repeat()
-    read = grain.ReadOptions(num_threads=config.data.read_threads, prefetch_buffer_size=32)
-    rows = SequentialPackIterDataset(docs.to_iter_dataset(read), config.train.seq_len)
+    if process_count > 1:
+        docs = docs[process_index::process_count]
+    return vocab, docs
+
+
+def make_dataset(config, split: str = "train", *, process_index: int = 0, process_count: int = 1, batch_size: int | None = None,
+                 prefetch: bool = True):
+    """PackedBatch stream for `split`; train repeats forever, eval is finite and fixed."""
+    try:
+        vocab, docs = make_documents(config, split, process_index=process_index, process_count=process_count)
+        vocab.check_model_vocab(config.model.vocab_size)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(str(err)) from None
+    window = max(2, config.data.pack_window)
+    rows = WindowPackIterDataset(
+        docs, config.train.seq_len, window_rows=window, carry_rows=window // 2, seed=config.train.seed,
+        shuffle=split == "train", num_workers=config.data.num_workers,
+        read_options=grain.ReadOptions(num_threads=config.data.read_threads, prefetch_buffer_size=32 if config.data.read_threads else 0),
+    )
     batch = batch_size or local_batch_size(config.train.batch_size, process_count)
-    return vocab, rows.batch(batch, drop_remainder=True)
+    batches = rows.batch(batch, drop_remainder=True)
+    if prefetch:
+        batches = ThreadPrefetch(batches)
+    return vocab, batches
 
 
-def source_vocab(config):
-    """The vocabulary of the configured source (without building a pipeline)."""
-    vocab, _ = get_source(config.data.source)(config, "train")
-    return vocab
+class _PrefetchIterator(grain.experimental.ThreadPrefetchDatasetIterator):
+    def __del__(self):  # grain's clean-up fails once the interpreter tears modules down
+        if not sys.is_finalizing():
+            self.close()
+
+
+class ThreadPrefetch(grain.IterDataset):
+    """grain's thread prefetch (state = that of the last batch handed out)."""
+
+    def __init__(self, parent: grain.IterDataset, buffer: int = PREFETCH_BATCHES):
+        super().__init__(parent)
+        self._buffer = buffer
+
+    def __iter__(self):
+        return _PrefetchIterator(self._parent.__iter__(), self._buffer)

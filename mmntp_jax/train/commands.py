@@ -14,6 +14,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
         parser.add_argument("--workdir", default=None, help="run directory (local path or any path orbax accepts; default workdirs/<name>)")
         parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
         parser.add_argument("--profile-steps", default=None, metavar="A:B", help="write a JAX profiler trace of steps A..B-1 to WORKDIR/profile")
+        parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host; see docs/multihost.md)")
         parser.set_defaults(func=run_train)
     elif name == "eval":
         parser.add_argument("--workdir", required=True)
@@ -40,6 +41,8 @@ def run_train(args) -> int:
     from mmntp_jax.config import load_config, to_json
     from mmntp_jax.train.loop import train
 
+    if args.distributed:
+        jax.distributed.initialize()
     config = load_config(args.config, args.overrides, device_count=jax.device_count())
     if args.print_config:
         print(to_json(config))

@@ -33,7 +33,7 @@ from mmntp_jax.train.metrics import MetricsWriter, measure_matmul_peak, provenan
 from mmntp_jax.train.step import StepBuilder, summarize
 
 # Keys that may differ between the saved config.json and a resumed run.
-RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
+RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.compilation_cache", "train.peak_flops", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
 
 
 class RunConflict(ValueError):
@@ -167,6 +167,13 @@ def train(config: Config, workdir, *, profile_steps: str | None = None, log=prin
         log(f"resumed from step {start} in {workdir}")
     else:
         state = builder.init_state(config.train.seed)
+        if 0 in checkpointer.all_steps():  # a params-only step 0 (mmntp import hf) seeds the parameters
+            saved = type(vocab).from_json((workdir / "vocab.json").read_text()) if (workdir / "vocab.json").exists() else vocab
+            if saved != vocab:
+                raise RunConflict(f"{workdir}/vocab.json ({saved.size} ids) is not the vocabulary of the data ({vocab.size} ids); tokenize the data with the workdir's text tokenizer")
+            params, _ = checkpointer.restore_params(0, builder.abstract_state().params)
+            state = state.replace(params=params)
+            log(f"initial parameters from {workdir}/checkpoints/0")
     peak, peak_source = peak_flops(config)
     flops_step = training_flops_per_step(config.model, config.train.seq_len, config.train.batch_size)
     log(f"mesh {dict(mesh.shape)}; peak {peak / 1e9:.1f} GFLOP/s ({peak_source}); {flops_step / 1e9:.2f} GFLOP per step")

@@ -21,7 +21,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mmntp_jax.data.vocab import MODALITIES
-from mmntp_jax.model.heads import pick_chunk, token_losses
+from mmntp_jax.model.heads import fused_cross_entropy, pick_chunk, token_losses
 from mmntp_jax.model.init import bind, graphdef, init_params, param_specs
 from mmntp_jax.sharding import batch_sharding
 from mmntp_jax.train.optim import global_norm, learning_rate_schedule, make_optimizer
@@ -37,12 +37,9 @@ class TrainState:
     rng: jax.Array
 
 
-def loss_sums(params, graph, batch, *, loss_chunk: int):
-    """Summed token loss, z-loss term and token weight, in total and per modality."""
-    model = bind(graph, params)
-    hidden_BTD = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-    loss_BT, lse_BT = token_losses(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk)
+def _sums(loss_BT, lse_BT, batch):
     mask_BT = batch["loss_mask"].astype(jnp.float32)
+    loss_BT, lse_BT = jax.lax.stop_gradient(loss_BT), jax.lax.stop_gradient(lse_BT)
     onehot_BTM = jax.nn.one_hot(batch["modality"], N_MODALITIES, dtype=jnp.float32) * mask_BT[..., None]
     return {
         "loss_sum": jnp.sum(loss_BT * mask_BT),
@@ -51,6 +48,31 @@ def loss_sums(params, graph, batch, *, loss_chunk: int):
         "modality_loss_sum": jnp.einsum("BT,BTM->M", loss_BT, onehot_BTM),
         "modality_weight": jnp.sum(onehot_BTM, axis=(0, 1)),
     }
+
+
+def loss_sums(params, graph, batch, *, loss_chunk: int):
+    """Summed token loss, z-loss term and token weight, in total and per modality."""
+    model = bind(graph, params)
+    hidden_BTD = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    loss_BT, lse_BT = token_losses(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk)
+    return _sums(loss_BT, lse_BT, batch)
+
+
+def training_objective(params, graph, batch, *, loss_chunk: int, z_loss: float, fused: bool = True):
+    """(Σ mask·loss + z·Σ mask·lse², sums): the differentiable numerator of the train loss.
+
+    `fused` uses the fused linear cross-entropy (gradients formed chunk by chunk);
+    otherwise plain autodiff through `token_losses`.
+    """
+    model = bind(graph, params)
+    hidden_BTD = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    mask_BT = batch["loss_mask"].astype(jnp.float32)
+    if fused:
+        total, loss_BT, lse_BT = fused_cross_entropy(hidden_BTD, model.head_kernel(), batch["targets"], mask_BT, z_loss, loss_chunk)
+    else:
+        loss_BT, lse_BT = token_losses(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk)
+        total = jnp.sum(loss_BT * mask_BT) + z_loss * jnp.sum(jnp.square(lse_BT) * mask_BT)
+    return total, _sums(loss_BT, lse_BT, batch)
 
 
 class StepBuilder:
@@ -62,6 +84,7 @@ class StepBuilder:
         self.optimizer = make_optimizer(config.optim, config.train.steps)
         self.schedule = learning_rate_schedule(config.optim, config.train.steps)
         self.loss_chunk = pick_chunk(config.train.seq_len, config.model.vocab_size, config.train.loss_chunk)
+        self.fused_loss = True
         self.state_shardings = self._state_shardings()
         self.batch_shardings = {k: batch_sharding(mesh) for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask", "modality")}
 
@@ -101,8 +124,8 @@ class StepBuilder:
         z = self.config.train.z_loss
 
         def objective(p, micro):
-            sums = loss_sums(p, self.graph, micro, loss_chunk=self.loss_chunk)
-            return (sums["loss_sum"] + z * sums["z_sum"]) / total_weight, sums
+            total, sums = training_objective(p, self.graph, micro, loss_chunk=self.loss_chunk, z_loss=z, fused=self.fused_loss)
+            return total / total_weight, sums
 
         grad_fn = jax.grad(objective, has_aux=True)
         if accum == 1:

@@ -1,0 +1,120 @@
+"""The multimodal bundle next to an exported LM: modality tokenizers and a README.
+
+Modality tokenizers live in a workdir as
+`WORKDIR/tokenizers/<modality>/{config.json, model.safetensors}` (encoder and
+decoder weights as safetensors, architecture as JSON) and are copied as they
+are into `OUT/tokenizers/<modality>/`. The README explains the unified
+vocabulary and how to turn generated ids back into text and modality codes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mmntp_jax.data.vocab import BLOCK_MARKERS, Vocab
+
+TOKENIZER_FILES = ("config.json", "model.safetensors")
+
+
+def modality_tokenizers(workdir, vocab: Vocab) -> dict[str, Path]:
+    """{modality: folder} of the workdir's modality tokenizers, checked complete."""
+    root = Path(str(workdir)) / "tokenizers"
+    found = {}
+    if not root.is_dir():
+        return found
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "text"):
+        missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"modality tokenizer {folder} lacks {', '.join(missing)} (expected {', '.join(TOKENIZER_FILES)})")
+        if vocab.range_size(folder.name) == 0:
+            ranges = ", ".join(m for m, _ in vocab.ranges)
+            raise ValueError(f"modality tokenizer {folder} has no id range in the vocab (ranges: {ranges})")
+        found[folder.name] = folder
+    return found
+
+
+def copy_modality_tokenizers(found: dict[str, Path], out) -> list[str]:
+    """Copies each tokenizer folder to OUT/tokenizers/<modality>/; returns the copied paths."""
+    copied = []
+    for modality, folder in found.items():
+        target = Path(out) / "tokenizers" / modality
+        shutil.copytree(folder, target)
+        copied += [str(p.relative_to(out)) for p in sorted(target.rglob("*")) if p.is_file()]
+    return copied
+
+
+def _layout_rows(vocab: Vocab) -> list[str]:
+    names = vocab.special_names()
+    rows = ["| ids | tokens | meaning |", "|---|---|---|"]
+    rows.append(f"| 0, 1, 2 | `{names[0]}` `{names[1]}` `{names[2]}` | padding, begin and end of a document |")
+    for modality, (start, end) in BLOCK_MARKERS.items():
+        rows.append(f"| {vocab.special(start)}, {vocab.special(end)} | `{start}` `{end}` | open and close a block of {modality} codes |")
+    if vocab.n_specials > 9:
+        rows.append(f"| 9 … {vocab.n_specials - 1} | `<reserved_0>` … | reserved, unused by the data pipeline |")
+    for modality, size in vocab.ranges:
+        start = vocab.offset(modality)
+        meaning = "text tokens (see tokenizer.json)" if modality == "text" else f"{modality} code k is id {start} + k, token `<{modality}_k>`"
+        rows.append(f"| {start} … {start + size - 1} | {modality} ({size}) | {meaning} |")
+    return rows
+
+
+def readme(*, arch: str, dtype: str, vocab: Vocab, vocab_size: int, step: int, workdir: str, files: list[str], tokenizers: list[str]) -> str:
+    extra = vocab_size - vocab.size
+    padding = f"\nThe model has {vocab_size} output rows; ids {vocab.size} … {vocab_size - 1} belong to no range and are never produced by training.\n" if extra > 0 else ""
+    modalities = [m for m, _ in vocab.ranges if m != "text"]
+    decode_section = (
+        "Each modality tokenizer is a folder `tokenizers/<modality>/` with `config.json` (its architecture and\n"
+        "quantizer) and `model.safetensors` (encoder and decoder weights). Load it with mmntp_jax's tokenizer\n"
+        "loader and call `decode(params, codes)` on the local codes of one block, reshaped to the token grid\n"
+        "that `config.json` describes.\n"
+        if tokenizers else
+        "This export carries no modality tokenizer: the workdir it came from had no `tokenizers/<modality>/` folder.\n"
+    )
+    lines = [
+        f"# {arch} exported from mmntp_jax",
+        "",
+        f"Step {step} of `{workdir}`, weights in {dtype}. Files: {', '.join(f'`{f}`' for f in files)}.",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(FOLDER)",
+        "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+        "ids = [1] + tokenizer.encode(\"def \")          # <bos> then text",
+        "```",
+        "",
+        "## The unified vocabulary",
+        "",
+        "One vocabulary holds text and the codes of every modality (`mmntp_vocab.json` has it as JSON):",
+        "",
+        *_layout_rows(vocab),
+        padding,
+        "Every special token and every modality code is declared in `tokenizer.json` as an added special",
+        "token, so `tokenizer.decode(ids, skip_special_tokens=True)` returns only the text. Text that",
+        "contains a literal `<eos>` is encoded as its characters, never as the special token",
+        "(`split_special_tokens` in `tokenizer_config.json`; with the raw `tokenizers` library set",
+        "`tokenizer.encode_special_tokens = True`).",
+        "",
+        "## Decoding generated ids",
+        "",
+        "A generated sequence interleaves text with blocks such as `<boi> c₁ … cₙ <eoi>`. Split it and turn",
+        "each block's ids into local codes by subtracting the start of the modality's range:",
+        "",
+        "```python",
+        "import json, numpy as np",
+        "layout = json.load(open(FOLDER + \"/mmntp_vocab.json\"))",
+        "start = {r[\"modality\"]: r[\"start\"] for r in layout[\"ranges\"]}",
+        "size = {r[\"modality\"]: r[\"size\"] for r in layout[\"ranges\"]}",
+        "ids = np.asarray(generated)",
+        "for modality in [m for m in start if m != \"text\"]:",
+        "    inside = (ids >= start[modality]) & (ids < start[modality] + size[modality])",
+        "    local_codes = ids[inside] - start[modality]   # what that modality's tokenizer decodes",
+        "```",
+        "",
+        decode_section,
+    ]
+    if modalities:
+        lines += ["Modalities in the vocabulary: " + ", ".join(modalities) + "; tokenizers included: " + (", ".join(tokenizers) or "none") + ".", ""]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Train-step throughput and MFU on this machine (one JSON object per shape and variant).
+
+    python tools/bench/train_step.py                      # both shapes, tuned and plain variants
+    python tools/bench/train_step.py --shape peer --steps 5
+
+Shapes:
+  d512   d_model 512, 8 layers, 8 heads, MLP 2048, vocab 32000, seq 1024, batch 8
+  peer   d_model 256, 4 layers, 4 heads of 64, MLP 1024, vocab 32000, seq 512, batch 8
+         (MaxText 0.2.5 on a 2-core CPU: ~600 tokens/s, 0.3173 TFLOP per step by its count)
+Variants:
+  tuned  the defaults the library picks: fused linear cross-entropy in chunks (no
+         [B, T, V] logits), blockwise causal attention
+  plain  a plain jitted decoder: full logits, XLA attention over the whole [T, T] matrix
+FLOPs per step use `mmntp_jax.scaling.flops` (MaxText's count); MFU is against a float32
+matmul peak measured in the same run. Float32 throughout unless --dtype bfloat16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+from mmntp_jax.config import Config, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+from mmntp_jax.scaling.flops import training_flops_per_step
+from mmntp_jax.sharding import make_mesh, shard_batch
+from mmntp_jax.train.metrics import measure_matmul_peak
+from mmntp_jax.train.step import StepBuilder
+
+SHAPES = {
+    "d512": dict(model=dict(d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_ff=2048, vocab_size=32000), seq_len=1024, batch=8),
+    "peer": dict(model=dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=1024, vocab_size=32000), seq_len=512, batch=8),
+}
+VARIANTS = {
+    "tuned": dict(attention="blockwise", loss_chunk=0),
+    "plain": dict(attention="xla", loss_chunk=-1),
+}
+
+
+def make_config(shape: str, variant: str, dtype: str, block: int) -> Config:
+    spec, var = SHAPES[shape], VARIANTS[variant]
+    model = ModelConfig(**spec["model"], dtype=dtype, attention=var["attention"], attention_block=block, max_seq_len=spec["seq_len"])
+    train = TrainConfig(batch_size=spec["batch"], seq_len=spec["seq_len"], steps=1000, loss_chunk=max(var["loss_chunk"], 0))
+    config = Config(name=f"bench_{shape}_{variant}", model=model, optim=OptimConfig(), mesh=MeshConfig(data=1), train=train)
+    return config
+
+
+def random_batch(config: Config) -> dict:
+    rng = np.random.default_rng(0)
+    b, t, v = config.train.batch_size, config.train.seq_len, config.model.vocab_size
+    tokens = rng.integers(0, v, size=(b, t + 1), dtype=np.int32)
+    return {
+        "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+        "segment_ids": np.ones((b, t), np.int32), "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+        "loss_mask": np.ones((b, t), np.float32), "modality": np.zeros((b, t), np.int32),
+    }
+
+
+def bench(shape: str, variant: str, steps: int, dtype: str, block: int, peak: float) -> dict:
+    config = make_config(shape, variant, dtype, block)
+    mesh = make_mesh(config.mesh, jax.devices()[:1])
+    builder = StepBuilder(config, mesh)
+    if VARIANTS[variant]["loss_chunk"] < 0:
+        builder.loss_chunk, builder.fused_loss = 0, False  # full [B, T, V] logits, plain autodiff
+    state = builder.init_state(0)
+    batch = shard_batch(random_batch(config), mesh)
+    t0 = time.perf_counter()
+    compiled = builder.train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(2):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    flops = training_flops_per_step(config.model, config.train.seq_len, config.train.batch_size)
+    return {
+        "config": shape, "variant": variant, "dtype": dtype,
+        "attention": config.model.attention, "loss_chunk": builder.loss_chunk, "fused_loss": builder.fused_loss,
+        "tokens_per_s": config.train.batch_size * config.train.seq_len / step_s,
+        "mfu": flops / step_s / peak, "matmul_peak_flops": peak, "tflop_per_step": flops / 1e12,
+        "compile_s": compile_s, "step_s_median": step_s, "step_s_min": min(times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loss": float(metrics["loss"]), "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=[*SHAPES, "all"], default="all")
+    parser.add_argument("--variant", choices=[*VARIANTS, "all"], default="all")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--block", type=int, default=256, help="blockwise attention tile")
+    args = parser.parse_args(argv)
+    peak = max(measure_matmul_peak(2048, 5), measure_matmul_peak(1024, 10))
+    shapes = list(SHAPES) if args.shape == "all" else [args.shape]
+    variants = list(VARIANTS) if args.variant == "all" else [args.variant]
+    for shape in shapes:
+        for variant in variants:
+            print(json.dumps(bench(shape, variant, args.steps, args.dtype, args.block, peak)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
