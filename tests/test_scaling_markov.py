@@ -48,20 +48,23 @@ def test_entropy_rate_matches_counts_from_samples():
     np.testing.assert_allclose(freq, SMALL.stationary, atol=0.01)
 
 
-def test_row_floor_is_average_bayes_loss():
-    """Mean −log p of the true predictor (marginal, then conditional) over many rows ≈ row_floor."""
+def test_bayes_loss_on_trained_targets_is_the_entropy_rate():
+    """Mean −log p of the true chain over the trained targets of source documents ≈ H."""
+    from mmntp_jax.data.vocab import Vocab
+
     succ, probs = SMALL.transitions
-    pi2 = SMALL.stationary.reshape(SMALL.alphabet, SMALL.alphabet)  # context (x1, x2)
-    p1 = pi2.sum(1)
-    n, losses = 16, []
-    for i in range(3000):
-        x = SMALL.sample(np.random.default_rng(i), n)
-        nll = -np.log(p1[x[0]]) - np.log(pi2[x[0], x[1]] / p1[x[0]])
-        for t in range(2, n):
+    vocab = Vocab.build(text=256)
+    nll, count = [], 0
+    for i in range(400):
+        doc = SMALL.document("train", i, 40, vocab)
+        x = doc["tokens"][1:] - vocab.offset("text") - FIRST_SYMBOL
+        trained = doc["loss"][1:].astype(bool)
+        assert not trained[: SMALL.order].any() and trained[SMALL.order :].all()
+        for t in np.flatnonzero(trained):
             s = x[t - 2] * SMALL.alphabet + x[t - 1]
-            nll -= np.log(probs[s][list(succ[s]).index(x[t])])
-        losses.append(nll / n)
-    assert np.mean(losses) == pytest.approx(SMALL.row_floor(n), abs=3 * np.std(losses) / np.sqrt(len(losses)))
+            nll.append(-np.log(probs[s][list(succ[s]).index(x[t])]))
+    nll = np.asarray(nll)
+    assert nll.mean() == pytest.approx(SMALL.entropy_rate(), abs=3 * nll.std() / np.sqrt(len(nll)))
 
 
 def test_bad_chain_parameters():
@@ -80,8 +83,9 @@ def test_markov_source_rows_hold_one_document_each():
     assert batch["inputs"].shape == (4, 32)
     assert np.all(batch["segment_ids"] == 1) and np.all(batch["positions"][:, 0] == 0)
     assert np.all(batch["inputs"][:, 0] == vocab.bos_id)
+    assert np.all(batch["loss_mask"][:, 0] == 0) and np.all(batch["loss_mask"][:, 1:] == 1)  # order-1 default chain
     symbols = batch["targets"] - vocab.offset("text") - FIRST_SYMBOL
-    assert symbols.min() >= 0 and symbols.max() < 16
+    assert symbols.min() >= 0 and symbols.max() < 256
     again = next(iter(make_dataset(config, "train")[1]))
     np.testing.assert_array_equal(batch["targets"], again["targets"])
     eval_batch = next(iter(make_dataset(dataclasses.replace(config), "eval")[1]))

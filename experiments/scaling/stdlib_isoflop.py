@@ -3,17 +3,17 @@
     mmntp scaling run --config experiments/scaling/stdlib_isoflop.py --workdir workdirs/scaling/stdlib --jobs 2
     mmntp scaling fit --runs workdirs/scaling/stdlib --out workdirs/scaling/stdlib/fit
 
-Byte-level models of 31k–0.85M parameters (widths 32–128, 1–4 layers) at four
-budgets 3e11–2.4e12 FLOPs; one constant-lr run per size with WSD cooldowns
-(20 %) from its checkpoints.
-Expected (docs/scaling.md): IsoFLOP parabolas with interior minima; Approach 2
-and Approach 3 exponents agree within their bootstrap intervals; a law fitted on
-the three smaller budgets predicts the best loss at 2.4e12 within 2 %; total
-training compute 1.4e13 FLOPs, about an hour on two contended CPU cores.
+Byte-level models of 12k–0.14M parameters (widths 16–64, 1–2 layers) at four
+budgets 1e11–8e11 FLOPs, 64-token rows, 32 rows a step; one constant-lr run per
+size with WSD cooldowns (20 %) branched from its checkpoints (4.7e12 FLOPs in all).
+Expected (docs/scaling.md has the measured run): IsoFLOP parabolas with interior
+minima; Approach 2 and Approach 3 exponents agree within their bootstrap
+intervals; the law fitted on the three smaller budgets predicts the best loss at
+8e11 within 2 %; about 30 minutes on two shared CPU cores.
 """
 
 from mmntp_jax.scaling.presets import cpu_sweep
 
 
 def get_config():
-    return cpu_sweep("stdlib_isoflop", "stdlib", budgets=(3e11, 6e11, 1.2e12, 2.4e12))
+    return cpu_sweep("stdlib_isoflop", "stdlib", budgets=(1e11, 2e11, 4e11, 8e11))

@@ -1,18 +1,18 @@
 """A generated text source with a known entropy rate: a random sparse order-k Markov chain.
 
 The chain (fixed by `MarkovChain`'s fields, deterministic): an alphabet of A
-symbols written as the bytes "a", "b", …; a context is the last k symbols
+symbols written as the bytes 0, 1, …, A-1; a context is the last k symbols
 (A^k contexts); each context allows `branching` successors, drawn without
 replacement, with probabilities from a symmetric Dirichlet(`concentration`).
+The source's chain (`DEFAULT_CHAIN`) is order 1 over all 256 bytes with 16
+successors each: a model needs no attention to reach the floor, only capacity
+and data, so small models trained briefly already show both.
 
 A document is `<bos> x_1 … x_n` with n = `train.seq_len`, so one document fills
-one packed row exactly and no row starts mid-document. x_1…x_k are drawn from
-the stationary distribution π of contexts, the rest from the chain, so every
-document is a stretch of the stationary process. Per target token:
-    entropy rate      H = Σ_s π(s) · H(P(·|s))
-    row floor         (H(π) + (n − k) · H) / n   (the first k targets have
-                      less context; this is the least expected loss any model
-                      can reach on these rows)
+one packed row exactly. x_1…x_k are drawn from the stationary distribution π of
+contexts and are not trained on (loss flag 0); x_{k+1}… follow the chain. So the
+least expected loss per trained token, for any model, is the entropy rate
+    H = Σ_s π(s) · H(P(·|s))   (nats per token).
 Document i of a split comes from numpy's generator seeded (seed, split, i).
 """
 
@@ -30,7 +30,7 @@ from mmntp_jax.data.vocab import Vocab
 SPLITS = {"train": 0, "eval": 1}
 TRAIN_DOCUMENTS = 1 << 22  # far more than any run here reads
 EVAL_DOCUMENTS = 512
-FIRST_SYMBOL = ord("a")
+FIRST_SYMBOL = 0
 
 
 def _entropy(p: np.ndarray, axis=-1) -> np.ndarray:
@@ -91,12 +91,6 @@ class MarkovChain:
         """H = Σ_s π(s) H(P(·|s)) in nats per symbol."""
         return float(np.dot(self.stationary, _entropy(self.transitions[1])))
 
-    def row_floor(self, n: int) -> float:
-        """Least expected loss per target over a document of n symbols after <bos>."""
-        if n < self.order:
-            raise ValueError(f"documents need at least order={self.order} symbols, got {n}")
-        return float((_entropy(self.stationary) + (n - self.order) * self.entropy_rate()) / n)
-
     @functools.cached_property
     def _lookup(self) -> tuple[list, list]:
         """Per context: successor symbols and cumulative probabilities, as lists (fast scalar sampling)."""
@@ -124,10 +118,12 @@ class MarkovChain:
     def document(self, split: str, index: int, n: int, vocab: Vocab) -> dict:
         rng = np.random.default_rng([self.seed, SPLITS[split], index])
         ids = vocab.to_global("text", self.sample(rng, n) + FIRST_SYMBOL)
-        return text_document(ids, vocab, add_eos=False)
+        doc = text_document(ids, vocab, add_eos=False)
+        doc["loss"][1 : self.order + 1] = 0  # x_1…x_k: no context to predict them from
+        return doc
 
 
-DEFAULT_CHAIN = MarkovChain()
+DEFAULT_CHAIN = MarkovChain(alphabet=256, order=1, branching=16, concentration=1.0, seed=0)
 
 
 def markov_source(config, split: str, chain: MarkovChain = DEFAULT_CHAIN):

@@ -52,7 +52,7 @@ def log_law(theta, log_n, log_d):
     return jax.nn.logsumexp(terms, axis=0)
 
 
-def objective(theta, log_n, log_d, log_loss, delta, weights):
+def objective(theta, log_n, log_d, delta, log_loss, weights):
     """Σ_i w_i · Huber_δ(log L̂_i − log L_i)."""
     return jnp.sum(weights * huber(log_law(theta, log_n, log_d) - log_loss, delta))
 
@@ -141,7 +141,7 @@ def score(params: dict, n, d, loss, delta: float = HUBER_DELTA) -> float:
     """The Huber objective of given parameters {E, A, B, alpha, beta} on points."""
     n, d, loss = (np.asarray(x, np.float64) for x in (n, d, loss))
     with jax.enable_x64(True):
-        value = objective(jnp.asarray(theta_of(params)), jnp.log(n), jnp.log(d), jnp.log(loss), delta, jnp.ones_like(jnp.asarray(n)))
+        value = objective(jnp.asarray(theta_of(params)), jnp.log(n), jnp.log(d), delta, jnp.log(loss), jnp.ones_like(jnp.asarray(n)))
         return float(value)
 
 
@@ -172,7 +172,7 @@ def fit_law(
     """
     n, d, loss = _check(n, d, loss, what)
     starts = grid_starts() if starts is None else np.asarray(starts, np.float64)
-    data = (np.log(n), np.log(d), np.log(loss), delta, np.ones_like(n))
+    data = (np.log(n), np.log(d), delta, np.log(loss), np.ones_like(n))
     coarse = lbfgs.minimize(objective, starts, data, dtype="float32", max_iter=COARSE_MAX_ITER, ftol=COARSE_FTOL)
     f32 = np.where(np.isfinite(coarse.f_S), coarse.f_S, np.inf)
     seeds = np.asarray(_distinct(coarse.x_SP.astype(np.float64), f32, n_polish), np.float64)
@@ -190,14 +190,18 @@ def fit_law(
     )
 
 
-def refit_weighted(n, d, loss, weights_BP: np.ndarray, starts: np.ndarray, *, delta: float = HUBER_DELTA, max_iter: int = 1000) -> np.ndarray:
-    """Best θ for each row of weights (e.g. bootstrap counts) from the same starts: [B, 5]."""
-    n, d, loss = (np.asarray(x, np.float64) for x in (n, d, loss))
-    weights_BP = np.asarray(weights_BP, np.float64)
-    n_b, n_s = weights_BP.shape[0], len(starts)
-    x0 = np.tile(starts, (n_b, 1))
-    w = np.repeat(weights_BP, n_s, axis=0)
-    res = lbfgs.minimize(objective, x0, (np.log(n), np.log(d), np.log(loss), delta), (w,), max_iter=max_iter)
-    f = np.where(np.isfinite(res.f_S), res.f_S, np.inf).reshape(n_b, n_s)
-    x = res.x_SP.reshape(n_b, n_s, -1)
-    return x[np.arange(n_b), np.argmin(f, axis=1)]
+def refit_batch(n, d, loss, starts, *, weights=None, delta: float = HUBER_DELTA, max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Fits B data sets at once — losses [B, P] and/or weights [B, P] (e.g. bootstrap
+    counts) over the same N, D — each from every row of `starts`; returns the best
+    θ [B, 5] and objective [B] of each (float64)."""
+    n, d = np.asarray(n, np.float64), np.asarray(d, np.float64)
+    loss = np.asarray(loss, np.float64)
+    b = loss.shape[0] if loss.ndim == 2 else np.asarray(weights).shape[0]
+    loss_BP = np.broadcast_to(loss, (b, len(n)))
+    weights_BP = np.ones((b, len(n))) if weights is None else np.asarray(weights, np.float64)
+    n_s = len(starts)
+    batch = (np.repeat(np.log(loss_BP), n_s, axis=0), np.repeat(weights_BP, n_s, axis=0))
+    res = lbfgs.minimize(objective, np.tile(starts, (b, 1)), (np.log(n), np.log(d), delta), batch, max_iter=max_iter)
+    f = np.where(np.isfinite(res.f_S), res.f_S, np.inf).reshape(b, n_s)
+    best = np.argmin(f, axis=1)
+    return res.x_SP.reshape(b, n_s, -1)[np.arange(b), best], f[np.arange(b), best]

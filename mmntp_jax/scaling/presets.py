@@ -5,10 +5,10 @@ from __future__ import annotations
 from mmntp_jax.config import CheckpointConfig, Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from mmntp_jax.scaling.sweep import SweepConfig
 
-CPU_WIDTHS = (32, 48, 64, 96, 128)
+CPU_WIDTHS = (16, 24, 32, 48, 64)
 
 
-def cpu_base(source: str, *, seq_len: int = 256, batch_size: int = 16) -> Config:
+def cpu_base(source: str, *, seq_len: int = 64, batch_size: int = 32) -> Config:
     """Template run: byte vocabulary (272 ids), AdamW, eval on 8 fixed held-out batches at the end."""
     return Config(
         name=source,
@@ -21,10 +21,10 @@ def cpu_base(source: str, *, seq_len: int = 256, batch_size: int = 16) -> Config
 
 
 def cpu_sweep(name: str, source: str, *, budgets=(), tokens=(), widths=CPU_WIDTHS, **overrides) -> SweepConfig:
-    """Widths 32–128 (head dim 16, d/layers = 32), lr 4e-3·(128/d)^0.5, WSD with 20 % cooldowns."""
+    """Widths 16–64 (head dim 8, d/layers = 32: 1–2 layers), lr 4e-3·(128/d)^0.5, WSD with 20 % cooldowns."""
     settings = dict(
         name=name, base=cpu_base(source), widths=tuple(widths), budgets=tuple(budgets), tokens=tuple(tokens),
-        aspect=32, head_dim=16, lr_ref=4e-3, width_ref=128, lr_exponent=0.5, warmup_fraction=0.1, max_warmup=100,
+        aspect=32, head_dim=8, lr_ref=4e-3, width_ref=128, lr_exponent=0.5, warmup_fraction=0.1, max_warmup=100,
         decay_fraction=0.2, reuse="wsd", min_steps=20,
     )
     settings.update(overrides)

@@ -203,17 +203,23 @@ def run_sweep(sweep: SweepConfig, workdir, *, jobs: int = 1, log=print) -> list[
 
 def _run_parallel(workdir: Path, families: list[str], jobs: int, log) -> None:
     pending, active, failed = list(families), {}, []
-    while pending or active:
-        while pending and len(active) < jobs:
-            family = pending.pop(0)
-            cmd = [sys.executable, "-m", "mmntp_jax.scaling.runner", str(workdir), family]
-            active[family] = subprocess.Popen(cmd)
-        time.sleep(0.5)
-        for family, proc in list(active.items()):
-            if proc.poll() is not None:
-                del active[family]
-                if proc.returncode:
-                    failed.append(f"{family} (exit {proc.returncode})")
+    try:
+        while pending or active:
+            while pending and len(active) < jobs:
+                family = pending.pop(0)
+                cmd = [sys.executable, "-m", "mmntp_jax.scaling.runner", str(workdir), family]
+                active[family] = subprocess.Popen(cmd)
+            time.sleep(0.5)
+            for family, proc in list(active.items()):
+                if proc.poll() is not None:
+                    del active[family]
+                    if proc.returncode:
+                        failed.append(f"{family} (exit {proc.returncode})")
+    finally:
+        for proc in active.values():  # interrupted: workers checkpoint and stop
+            proc.terminate()
+        for proc in active.values():
+            proc.wait()
     if failed:
         raise RuntimeError(f"sweep families failed: {', '.join(failed)}; re-run the same command to resume")
 

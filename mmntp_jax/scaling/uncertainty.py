@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmntp_jax.scaling.fit import HUBER_DELTA, LawFit, refit_weighted
+from mmntp_jax.scaling.fit import HUBER_DELTA, LawFit, refit_batch
 
 LEVEL = 0.95
 
@@ -37,7 +37,7 @@ def bootstrap_law(fit: LawFit, n, d, loss, rng: np.random.Generator, n_boot: int
     """Bootstrap samples of E, A, B, alpha, beta and a = β/(α+β): name → array [B]."""
     counts = resample_counts(len(n), n_boot, rng)
     starts = np.asarray(fit.basins or (tuple(fit.theta),), np.float64)
-    theta = refit_weighted(n, d, loss, counts, starts, delta=delta)
+    theta, _ = refit_batch(n, d, loss, starts, weights=counts, delta=delta)
     a, b, e, alpha, beta = theta.T
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return {"E": np.exp(e), "A": np.exp(a), "B": np.exp(b), "alpha": alpha, "beta": beta, "a": beta / (alpha + beta)}
