@@ -204,16 +204,21 @@ class Bottleneck(nnx.Module):
             return
         state, z = self.codebook(), jax.lax.stop_gradient(z)
         k_init, k_dead = jax.random.split(key)
+        msvq_args = lambda z, codes: (self._maps(z)[0], codes.reshape(-1, codes.shape[-1]))
+        # rvq and msvq restart dead codes from the residuals each level saw in the forward pass,
+        # so their EMA step and restart run together (rvq_update / msvq_update).
         init, ema, dead = {
             "vq": (Q.kmeans_init, Q.ema_update, lambda s, z, c, k, t: Q.restart_dead_codes(s, z, k, threshold=t)),
-            "msvq": (Q.kmeans_init, lambda s, z, codes, decay: Q.msvq_ema_update(s, self._maps(z)[0], codes.reshape(-1, codes.shape[-1]), scales=self._scales(z), decay=decay),
-                     lambda s, z, c, k, t: Q.restart_dead_codes(s, z, k, threshold=t)),
-            "rvq": (Q.rvq_kmeans_init, Q.rvq_ema_update, lambda s, z, c, k, t: Q.rvq_restart_dead_codes(s, z, c, k, threshold=t)),
+            "msvq": (Q.kmeans_init, lambda s, z, codes, decay: Q.msvq_ema_update(s, *msvq_args(z, codes), scales=self._scales(z), decay=decay),
+                     lambda s, z, c, k, t: Q.msvq_update(s, *msvq_args(z, c), k, scales=self._scales(z), decay=self.config.decay, threshold=t)),
+            "rvq": (Q.rvq_kmeans_init, Q.rvq_ema_update, lambda s, z, c, k, t: Q.rvq_update(s, z, c, k, decay=self.config.decay, threshold=t)),
             "group_vq": (Q.group_vq_kmeans_init, Q.group_vq_ema_update, lambda s, z, c, k, t: Q.group_vq_restart_dead_codes(s, z, k, threshold=t)),
         }[c.kind]
         if c.kmeans_init:
             state = init(state, z, k_init)
-        state = ema(state, z, codes, decay=c.decay)
+        combined = c.kind in ("rvq", "msvq") and c.dead_threshold > 0
+        if not combined:
+            state = ema(state, z, codes, decay=c.decay)
         if c.dead_threshold > 0:
             state = dead(state, z, codes, k_dead, c.dead_threshold)
         self.embedding[...], self.cluster_size[...], self.embed_sum[...] = state.codebook_CK, state.cluster_size_C, state.embed_sum_CK
