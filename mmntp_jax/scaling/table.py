@@ -125,7 +125,7 @@ def runs_from_records(records: list[dict], source: str = "<memory>") -> Runs:
     """Builds a checked `Runs` from dict rows (CSV strings or JSON numbers)."""
     if not records:
         raise RunsError(f"{source}: the runs table has no rows")
-    header = list(records[0])
+    header = list(dict.fromkeys(key for rec in records for key in rec))  # union, first-seen order
     names = {key: _find(header, key) for key in ALIASES}
     for key in ("N", "loss"):
         if names[key] is None:
