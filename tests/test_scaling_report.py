@@ -159,3 +159,19 @@ def test_chinchilla_column_names_and_derived_tokens(tmp_path):
     runs = load_runs(path)
     np.testing.assert_allclose(runs.D, [1e10, 5e9])
     assert "x" in runs.columns
+
+
+def test_fit_runs_isoflop_sweep_report(tmp_path):
+    """Exact IsoFLOP data: both approaches agree, the hold-out predicts the largest budget, plots are written."""
+    runs = runs_from_records(isoflop_records(), "sweep.csv")
+    result = fit_runs(runs, out_dir=tmp_path, n_boot=10, starts=FEW_STARTS)
+    assert result["alpha"] == pytest.approx(0.34, abs=1e-4) and result["E"] == pytest.approx(1.69, abs=1e-4)
+    assert result["a_approach2"] == pytest.approx(result["a_approach3"], abs=0.005)
+    hold = result["holdout"]
+    assert hold["budget"] == 1e21 and hold["fitted_on_budgets"] == [1e18, 1e19, 1e20]
+    assert abs(hold["relative_error"]) < 1e-3
+    for name in ("alpha", "beta", "E", "a_approach3", "a_approach2"):
+        assert result["ci"][name]["lo"] <= result[name] + 1e-9 and result[name] - 1e-9 <= result["ci"][name]["hi"]
+    assert result["a_intervals_overlap"] is True and result["skipped"] == []
+    assert result["flops_per_param_token"]["median"] == pytest.approx(6.0)
+    assert {"isoflop.png", "frontier.png", "residuals.png"} <= set(result["plots"])

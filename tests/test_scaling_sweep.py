@@ -18,9 +18,9 @@ def _sweep(**kw):
     base = Config(
         model=ModelConfig(vocab_size=272, max_seq_len=32), data=DataConfig(source="markov"),
         checkpoint=CheckpointConfig(every=1000, keep=2, async_save=False),
-        train=TrainConfig(batch_size=2, seq_len=16, eval_every=10**6, eval_batches=2, progress=False, compilation_cache=""),
+        train=TrainConfig(batch_size=8, seq_len=16, eval_every=10**6, eval_batches=2, progress=False, compilation_cache=""),
     )
-    settings = dict(name="t", base=base, widths=(16, 32), tokens=(320, 640), head_dim=8, aspect=16, min_steps=5, lr_ref=1e-2, width_ref=16)
+    settings = dict(name="t", base=base, widths=(16, 32), tokens=(1280, 2560), head_dim=8, aspect=16, min_steps=5, lr_ref=1e-2, width_ref=16)
     settings.update(kw)
     return SweepConfig(**settings)
 
@@ -66,7 +66,7 @@ def test_isoflop_plan_steps_branches_and_compute():
 
 
 def test_plan_notes_and_errors():
-    runs, notes = plan(_sweep(tokens=(32, 640), min_steps=5))  # 32 tokens = 1 step: left out with a note
+    runs, notes = plan(_sweep(tokens=(128, 640), min_steps=5))  # 128 tokens = 1 step: left out with a note
     assert all(r.tokens == 640 for r in runs) and len(notes) == 2 and "left out" in notes[0]
     with pytest.raises(ConfigError, match="exactly one of budgets"):
         plan(_sweep(budgets=(1e9,)))
@@ -82,10 +82,10 @@ def test_plan_file_may_grow_but_not_change(tmp_path):
     sweep = _sweep()
     runs, _ = plan(sweep)
     runner.write_plan(tmp_path, sweep, runs)
-    bigger = _sweep(tokens=(320, 640, 1280))
+    bigger = _sweep(tokens=(1280, 2560, 5120))
     runner.write_plan(tmp_path, bigger, plan(bigger)[0])  # a longer run per size: allowed
     assert len(json.loads((tmp_path / "plan.json").read_text())["runs"]) == 6
-    changed = _sweep(tokens=(320, 640, 1280), lr_ref=2e-2)
+    changed = _sweep(tokens=(1280, 2560, 5120), lr_ref=2e-2)
     with pytest.raises(ConfigError, match="planned differently"):
         runner.write_plan(tmp_path, changed, plan(changed)[0])
     reuse, loaded = runner.load_plan(tmp_path)
@@ -107,7 +107,7 @@ def test_seed_from_stable_copies_once(tmp_path):
 @pytest.mark.slow
 def test_wsd_branch_equals_standalone_run(tmp_path):
     """A run branched from the shared constant-lr run ends where a from-scratch WSD run ends."""
-    sweep = _sweep(widths=(16,), tokens=(320,))
+    sweep = _sweep(widths=(16,), tokens=(2560,))
     (run,) = plan(sweep)[0]
     runner.run_sweep(sweep, tmp_path / "sweep")
     branched = json.loads((tmp_path / "sweep" / "runs" / run.run_id / "result.json").read_text())
@@ -135,13 +135,13 @@ def test_sweep_runs_resumes_and_writes_table(tmp_path, capsys):
         assert math.isfinite(table.loss[i]) and 0 < table.loss[i] < np.log(272)
     # the longer run of each size is better than the shorter one
     by_id = dict(zip(table.columns["run"], table.loss))
-    assert by_id["w16_D6.4e02"] < by_id["w16_D3.2e02"] and by_id["w32_D6.4e02"] < by_id["w32_D3.2e02"]
+    assert by_id["w16_D2.6e03"] < by_id["w16_D1.3e03"] and by_id["w32_D2.6e03"] < by_id["w32_D1.3e03"]
     stamps = {p: p.stat().st_mtime for p in work.glob("runs/*/result.json")}
     runner.run_sweep(sweep, work)  # all finished: nothing retrained
     assert stamps == {p: p.stat().st_mtime for p in work.glob("runs/*/result.json")}
-    (work / "runs" / "w32_D6.4e02" / "result.json").unlink()  # trained but not recorded: evaluated again
+    (work / "runs" / "w32_D2.6e03" / "result.json").unlink()  # trained but not recorded: evaluated again
     again = runner.run_sweep(sweep, work)
-    assert dict((r["run"], r["loss"]) for r in again)["w32_D6.4e02"] == pytest.approx(by_id["w32_D6.4e02"], abs=1e-6)
+    assert dict((r["run"], r["loss"]) for r in again)["w32_D2.6e03"] == pytest.approx(by_id["w32_D2.6e03"], abs=1e-6)
     capsys.readouterr()
     assert cli_main(["scaling", "run", "--config", "experiments/scaling/markov_isoflop.py", "--workdir", str(tmp_path / "x"), "--dry-run"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

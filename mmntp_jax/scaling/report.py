@@ -5,8 +5,9 @@ several groups, the group mixing the most modalities):
   approach3   L(N, D) = E + A/N^α + B/D^β (`fit.py`) with bootstrap intervals;
   approach2   IsoFLOP parabolas → N_opt ∝ C^a (`isoflop.py`) with bootstrap intervals;
   holdout     with ≥ 3 IsoFLOP budgets: Approach 3 refitted without the largest
-              budget predicts that budget's best loss (min over N of L(N, C/(kN)),
-              k = median C/(N·D) of the table), compared with the best observed;
+              budget predicts that budget's best loss (min over N of L(N, C/(k(N)·N)),
+              k(N) = C/(N·D) of the table's runs, interpolated in log N), compared
+              with the best observed;
   per_modality  a law per `loss_<m>` column (D = `tokens_<m>` where present) that
               differs from `loss` (a single-modality table has none);
   mixed       unimodal laws on single-modality groups (loss `loss_<m>` and tokens
@@ -27,7 +28,7 @@ import numpy as np
 
 from mmntp_jax.scaling import fit as fit3
 from mmntp_jax.scaling import isoflop, mixed, uncertainty
-from mmntp_jax.scaling.table import Runs, RunsError
+from mmntp_jax.scaling.table import Runs, RunsError, flops_per_param_token
 from mmntp_jax.scaling.table import drop_highest_loss as drop_rows
 
 FITS = ("approach2", "approach3", "mixed")
@@ -45,19 +46,18 @@ def _law_dict(law: fit3.LawFit) -> dict:
     return {k: v for k, v in law.summary().items()}
 
 
-def _holdout(runs: Runs, a2: isoflop.Approach2Fit, k: float, law_fit) -> dict:
+def _holdout(runs: Runs, a2: isoflop.Approach2Fit, k_of_n, law_fit) -> dict:
     budgets = sorted(g.budget for g in a2.groups)
     largest = budgets[-1]
     top = next(g for g in a2.groups if g.budget == largest)
     rest = np.setdiff1d(np.arange(len(runs)), top.index)
     law = law_fit(runs.N[rest], runs.D[rest], runs.loss[rest], what="hold-out Approach 3 (smaller budgets)")
-    n_grid = np.geomspace(runs.N.min() / 10, runs.N.max() * 10, 4001)
-    pred = law.predict(n_grid, largest / (k * n_grid))
+    n_opt, loss_opt = law.compute_optimal(largest, k_of_n, (runs.N.min() / 10, runs.N.max() * 10))
     observed = float(runs.loss[top.index].min())
-    predicted = float(pred.min())
+    predicted = float(loss_opt[0])
     return {
         "budget": largest, "fitted_on_budgets": budgets[:-1], "predicted_best_loss": predicted, "observed_best_loss": observed,
-        "relative_error": (predicted - observed) / observed, "N_opt_predicted": float(n_grid[int(np.argmin(pred))]), "law": _law_dict(law),
+        "relative_error": (predicted - observed) / observed, "N_opt_predicted": float(n_opt[0]), "law": _law_dict(law),
     }
 
 
@@ -134,8 +134,9 @@ def fit_runs(
     law_fit = functools.partial(fit3.fit_law, delta=delta, starts=starts)  # every law: same objective and starts
     skipped, result = [], {k: None for k in ("E", "A", "B", "alpha", "beta", "a_approach2", "a_approach3", "objective")}
     result.update(n_points=len(main), rows_total=rows_total, primary_group=label, dropped=list(runs.dropped), ci={})
-    k = float(np.median(main.C / (main.N * main.D)))
-    result["flops_per_param_token"] = k
+    k_of_n = flops_per_param_token(main)
+    ratio = main.C / (main.N * main.D)
+    result["flops_per_param_token"] = {"min": float(ratio.min()), "median": float(np.median(ratio)), "max": float(ratio.max())}
     law = a2 = None
     try:
         law = law_fit(main.N, main.D, main.loss)
@@ -159,7 +160,7 @@ def fit_runs(
         result["a_intervals_overlap"] = uncertainty.overlap(result["ci"]["a_approach2"], result["ci"]["a_approach3"])
     if a2 is not None and a2.grouping == "budget column" and len(a2.groups) >= 3:
         try:
-            result["holdout"] = _holdout(main, a2, k, law_fit)
+            result["holdout"] = _holdout(main, a2, k_of_n, law_fit)
         except RunsError as err:
             skipped.append({"fit": "holdout", "reason": str(err)})
     result["per_modality"] = _per_modality(runs, index, skipped, law_fit)
@@ -178,7 +179,7 @@ def fit_runs(
         if plots:
             from mmntp_jax.scaling import plots as plotting
 
-            result["plots"] = plotting.write_all(out, main, law, a2, k, fitted, runs)
+            result["plots"] = plotting.write_all(out, main, law, a2, k_of_n, fitted, runs)
         (out / "fit.json").write_text(json.dumps(result, indent=1, default=_json_default))
     return result
 

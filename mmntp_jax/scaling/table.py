@@ -174,6 +174,18 @@ def drop_highest_loss(runs: Runs, k: int) -> Runs:
     return replace(runs.take(keep), dropped=runs.dropped + dropped)
 
 
+def flops_per_param_token(runs: Runs):
+    """k(N) = C / (N·D) as a function of N: interpolated in log N between the table's
+    sizes (constant 6 for the Chinchilla data; larger for small models, whose
+    attention and logit FLOPs are a bigger share)."""
+    log_n = np.log(runs.N)
+    order = np.argsort(log_n, kind="stable")
+    xs, idx = np.unique(log_n[order], return_index=True)
+    ratio = np.log(runs.C / (runs.N * runs.D))[order]
+    ys = np.array([np.median(ratio[i:j]) for i, j in zip(idx, list(idx[1:]) + [len(order)])])
+    return lambda n: np.exp(np.interp(np.log(np.asarray(n, np.float64)), xs, ys))
+
+
 def groups(runs: Runs, column: str) -> dict:
     """Row indices per distinct value of `column` (sorted by value)."""
     values = runs.column(column)
