@@ -22,6 +22,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
     fit.add_argument("--bootstrap", type=int, default=200, metavar="B", help="bootstrap replicates for the confidence intervals (0 = none; default 200)")
     fit.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     fit.add_argument("--fits", default=None, help="comma-separated fits that must succeed (approach2, approach3, mixed); others are skipped when unsupported")
+    fit.add_argument("--grid-stride", type=int, default=1, metavar="S", help="start L-BFGS from every S-th point of Hoffmann's 4,500-point grid (default 1: all)")
     fit.add_argument("--no-plots", action="store_true", help="write fit.json only")
     fit.set_defaults(func=run_fit_command)
     parser.set_defaults(func=lambda args: _usage(parser))
@@ -62,11 +63,14 @@ def run_fit_command(args) -> int:
         raise CommandError(f"--fits: unknown fit {unknown[0]!r}; choose from {', '.join(FITS)}")
     if args.bootstrap < 0:
         raise CommandError(f"--bootstrap must be ≥ 0, got {args.bootstrap}")
+    if args.grid_stride < 1:
+        raise CommandError(f"--grid-stride must be ≥ 1, got {args.grid_stride}")
+    from mmntp_jax.scaling.fit import grid_starts
     try:
         runs = load_runs(args.runs)
         result = fit_runs(
             runs, out_dir=args.out, drop_highest_loss=args.drop_highest_loss, n_boot=args.bootstrap, seed=args.seed,
-            required=required, plots=not args.no_plots,
+            required=required, plots=not args.no_plots, starts=grid_starts()[:: args.grid_stride],
         )
     except RunsError as err:
         raise CommandError(str(err)) from None

@@ -114,6 +114,14 @@ class LawFit:
         n = self.n_opt(c, k)
         return self.predict(n, np.asarray(c, np.float64) / (k * n))
 
+    def compute_optimal(self, c, k_of_n, n_range) -> tuple[np.ndarray, np.ndarray]:
+        """(N_opt, L_opt) per budget in `c` when C = k(N)·N·D, by search over N in `n_range`."""
+        n = np.geomspace(n_range[0], n_range[1], 2001)
+        c = np.atleast_1d(np.asarray(c, np.float64))
+        loss = self.predict(n[None, :], c[:, None] / (k_of_n(n)[None, :] * n[None, :]))
+        best = np.argmin(loss, axis=1)
+        return n[best], loss[np.arange(len(c)), best]
+
     def summary(self) -> dict:
         return {
             "E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,

@@ -20,7 +20,7 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def isoflop_plot(path: Path, runs, law, a2, k: float) -> str:
+def isoflop_plot(path: Path, runs, law, a2, k_of_n) -> str:
     """Loss vs N per compute budget, parabolas (Approach 2) and the Approach 3 law's IsoFLOP curves."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     if a2 is not None:
@@ -37,7 +37,7 @@ def isoflop_plot(path: Path, runs, law, a2, k: float) -> str:
                 ax.plot(n_line, p0 + p1 * x + p2 * x * x, color=color, lw=1)
                 ax.scatter([g.n_opt], [g.loss_opt], color=color, marker="*", s=90, edgecolor="k", zorder=4)
             if law is not None:
-                ax.plot(n_line, law.predict(n_line, g.budget / (k * n_line)), color=color, lw=1, ls="--")
+                ax.plot(n_line, law.predict(n_line, g.budget / (k_of_n(n_line) * n_line)), color=color, lw=1, ls="--")
         if len(a2.groups) <= 8:
             ax.legend(fontsize=7, ncol=2)
         else:
@@ -54,7 +54,7 @@ def isoflop_plot(path: Path, runs, law, a2, k: float) -> str:
     return _save(fig, path)
 
 
-def frontier_plot(path: Path, runs, law, a2, k: float) -> str:
+def frontier_plot(path: Path, runs, law, a2, k_of_n) -> str:
     """Compute-optimal N vs C from both approaches."""
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     c = np.geomspace(runs.C.min(), runs.C.max(), 100)
@@ -63,7 +63,8 @@ def frontier_plot(path: Path, runs, law, a2, k: float) -> str:
         ax.scatter([g.budget for g in used], [g.n_opt for g in used], color="C0", zorder=3, label="IsoFLOP minima")
         ax.plot(c, a2.n_opt(c), color="C0", label=f"Approach 2: a = {a2.a:.3f}")
     if law is not None:
-        ax.plot(c, law.n_opt(c, k), color="C1", ls="--", label=f"Approach 3: a = {law.a_opt:.3f}")
+        n_opt, _ = law.compute_optimal(c, k_of_n, (runs.N.min() / 100, runs.N.max() * 100))
+        ax.plot(c, n_opt, color="C1", ls="--", label=f"Approach 3: a = β/(α+β) = {law.a_opt:.3f}")
     ax.scatter(runs.C, runs.N, color="0.7", s=8, label="runs", zorder=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -110,11 +111,11 @@ def mixed_plot(path: Path, runs, fitted) -> str:
     return _save(fig, path)
 
 
-def write_all(out: Path, runs, law, a2, k: float, fitted, all_runs=None) -> list[str]:
+def write_all(out: Path, runs, law, a2, k_of_n, fitted, all_runs=None) -> list[str]:
     """Every plot the fits support; returns the file names."""
-    names = [isoflop_plot(out / "isoflop.png", runs, law, a2, k)]
+    names = [isoflop_plot(out / "isoflop.png", runs, law, a2, k_of_n)]
     if law is not None or a2 is not None:
-        names.append(frontier_plot(out / "frontier.png", runs, law, a2, k))
+        names.append(frontier_plot(out / "frontier.png", runs, law, a2, k_of_n))
     if law is not None:
         names.append(residuals_plot(out / "residuals.png", runs, law))
     if fitted:

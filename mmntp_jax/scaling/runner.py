@@ -4,7 +4,9 @@ Layout of a sweep directory:
     plan.json                     the planned runs (a re-run must plan the same ones)
     families/<family>/stable/     the shared constant-lr run of one size (reuse="wsd")
     runs/<run>/                   a normal workdir (config.json, checkpoints/, metrics.jsonl)
-    runs/<run>/result.json        written last: the run's results row (its presence = done)
+    runs/<run>/result.json        written last: the run's results row (its presence = done;
+                                  `seconds` wall and `cpu_seconds` process CPU time, the
+                                  stable-run segment it waited for included)
     results.csv, results.jsonl    every finished run, in plan order
 
 A family (all runs of one size and data variant) runs in order of length: the
@@ -89,9 +91,9 @@ def seed_from_stable(stable_dir: Path, run_dir: Path, step: int) -> None:
     tmp.rename(run_dir / "checkpoints" / str(step))
 
 
-def _result_row(run: PlannedRun, summary: dict, seconds: float) -> dict:
+def _result_row(run: PlannedRun, summary: dict, seconds: float, cpu_seconds: float) -> dict:
     row = _jsonable(run.row())
-    row.update(loss=summary.get("eval/loss"), train_loss=summary.get("train/loss"), seconds=round(seconds, 1))
+    row.update(loss=summary.get("eval/loss"), train_loss=summary.get("train/loss"), seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1))
     for key, value in summary.items():
         if key.startswith("eval/loss/") and value is not None and np.isfinite(value):
             modality = key.split("/")[-1]
@@ -129,7 +131,7 @@ def run_family(workdir: Path, runs: list[PlannedRun], reuse: str, log=print) -> 
         run_dir = workdir / "runs" / run.run_id
         if (run_dir / "result.json").exists():
             continue
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if reuse == "wsd" and not _checkpoint_steps(run_dir):
             train(stable_config(run, run.branch_step), stable_dir, log=quiet)
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ def run_family(workdir: Path, runs: list[PlannedRun], reuse: str, log=print) -> 
         if summary.get("complete"):  # trained earlier but result.json was not written: evaluate again
             summary = _evaluate_finished(run, run_dir)
         summary["modality_fractions"] = modality_fractions(run.config) if run.variant else {}
-        row = _result_row(run, summary, time.perf_counter() - start)
+        row = _result_row(run, summary, time.perf_counter() - start, time.process_time() - cpu_start)
         (run_dir / "result.json").write_text(json.dumps(row, indent=1))
         log(f"{run.run_id}: N={run.params:.3g} D={run.tokens:.3g} C={run.flops:.3g} loss={row['loss']:.4f} ({row['seconds']:.0f} s)")
 

@@ -125,7 +125,7 @@ def runs_from_records(records: list[dict], source: str = "<memory>") -> Runs:
     """Builds a checked `Runs` from dict rows (CSV strings or JSON numbers)."""
     if not records:
         raise RunsError(f"{source}: the runs table has no rows")
-    header = list(records[0])
+    header = list(dict.fromkeys(key for rec in records for key in rec))  # union, first-seen order
     names = {key: _find(header, key) for key in ALIASES}
     for key in ("N", "loss"):
         if names[key] is None:
@@ -172,6 +172,18 @@ def drop_highest_loss(runs: Runs, k: int) -> Runs:
     keep = np.setdiff1d(np.arange(len(runs)), drop)
     dropped = tuple(runs.row(i) for i in drop)
     return replace(runs.take(keep), dropped=runs.dropped + dropped)
+
+
+def flops_per_param_token(runs: Runs):
+    """k(N) = C / (N·D) as a function of N: interpolated in log N between the table's
+    sizes (constant 6 for the Chinchilla data; larger for small models, whose
+    attention and logit FLOPs are a bigger share)."""
+    log_n = np.log(runs.N)
+    order = np.argsort(log_n, kind="stable")
+    xs, idx = np.unique(log_n[order], return_index=True)
+    ratio = np.log(runs.C / (runs.N * runs.D))[order]
+    ys = np.array([np.median(ratio[i:j]) for i, j in zip(idx, list(idx[1:]) + [len(order)])])
+    return lambda n: np.exp(np.interp(np.log(np.asarray(n, np.float64)), xs, ys))
 
 
 def groups(runs: Runs, column: str) -> dict:
