@@ -183,12 +183,10 @@ def digit_clip(index: int, *, sample_rate: int = 16000, duration: float = 0.5, s
         pitch_L = f0 * (1 + (contour - 1) * u_L) * (1.0 if s == 0 else 0.9)
         phase_L = 2 * np.pi * np.cumsum(pitch_L) / sample_rate
         env_L = np.sin(np.pi * u_L) ** 1.5 * inside_L
-        for h in range(1, 24):
-            freq = h * f0
-            if freq > 0.45 * sample_rate:
-                break
-            gain = sum(np.exp(-0.5 * ((freq - f) / (0.15 * f + 80)) ** 2) for f in formants) / h ** 0.3
-            clip_L += gain * env_L * np.sin(h * phase_L)
+        harmonics_H = np.arange(1, 24)
+        harmonics_H = harmonics_H[harmonics_H * f0 <= 0.45 * sample_rate]
+        gains_H = sum(np.exp(-0.5 * ((harmonics_H * f0 - f) / (0.15 * f + 80)) ** 2) for f in formants) / harmonics_H ** 0.3
+        clip_L += env_L * np.einsum("h,hl->l", gains_H, np.sin(harmonics_H[:, None] * phase_L[None, :]))
     clip_L += 0.003 * rng.standard_normal(L)
     clip_L *= rng.uniform(0.3, 0.8) / max(np.abs(clip_L).max(), 1e-6)
     pitch_word = "rising" if contour > 1.05 else "falling" if contour < 0.95 else "level"
