@@ -69,7 +69,8 @@ def _background(rng, H: int, W: int):
     names = list(COLOURS)
     name = names[rng.integers(len(names))]
     base = 0.35 + 0.45 * np.asarray(COLOURS[name])  # muted version of a named colour
-    other = np.clip(base + rng.uniform(-0.25, 0.25, 3), 0, 1)
+    shade = ("light", "dark")[int(rng.integers(2))]  # the pattern mixes it with a lighter or darker shade of itself
+    other = np.clip(base * (1.25 if shade == "light" else 0.75), 0, 1)
     y_HW, x_HW = np.mgrid[0:H, 0:W].astype(np.float32)
     theta = rng.uniform(0, np.pi)
     along_HW = (x_HW * np.cos(theta) + y_HW * np.sin(theta)) / max(H, W)
@@ -91,7 +92,7 @@ def _background(rng, H: int, W: int):
             t_HW += np.sin(2 * np.pi * (fx * x_HW + fy * y_HW) + rng.uniform(0, 2 * np.pi))
         t_HW = (t_HW - t_HW.min()) / max(np.ptp(t_HW), 1e-6)
     image_HWC = base + (other - base) * t_HW[..., None]
-    return image_HWC.astype(np.float32), f"{name} {kind}" if kind != "plain" else f"plain {name}"
+    return image_HWC.astype(np.float32), f"{name} and {shade} {name} {kind}" if kind != "plain" else f"plain {name}"
 
 
 def _article(word: str) -> str:
