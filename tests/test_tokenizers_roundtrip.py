@@ -69,3 +69,13 @@ def test_round_trip(kind, qname):
     lo, hi = (-1, 1) if kind == "audio" else (0, 1)
     np.testing.assert_allclose(decoded, np.clip(rec, lo, hi), atol=1e-5)
     assert decoded.shape == x.shape
+
+
+def test_bad_image_input_names_the_shape():
+    tok = Tokenizer.create("image", tiny("image", QUANTIZERS["fsq"]))
+    with pytest.raises(ValueError, match=r"expected images \[B, H, W, 3\], got shape \(2, 8, 8, 1\)"):
+        tok.encode(tok.params, np.zeros((2, 8, 8, 1), np.float32))
+    with pytest.raises(ValueError, match=r"image size 10×8 is not divisible by the down-sampling factor 4"):
+        tok.encode(tok.params, np.zeros((2, 10, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"expected codes \[B, 4\] for a 2×2 latent grid, got shape \(2, 5\)"):
+        tok.decode(tok.params, np.zeros((2, 5), np.int32))

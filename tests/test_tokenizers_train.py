@@ -146,3 +146,25 @@ def test_config_errors_name_the_key(tmp_path):
         validate(_experiment(train=TokenizerTrainConfig(batch_size=6)), device_count=8)
     exp = _experiment()
     assert from_json(to_json(exp)) == exp
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    from mmntp_jax.tokenizers.tokenizer_train import train
+    from mmntp_jax.train.checkpoint import Checkpointer
+
+    exp = _experiment(train=TokenizerTrainConfig(steps=6, batch_size=8, log_every=1, eval_every=6, samples=0, progress=False),
+                      checkpoint=CheckpointConfig(every=3, keep=3, async_save=False), mesh=MeshConfig(data=-1))
+    train(exp, tmp_path / "straight")
+    train(dataclasses.replace(exp, train=dataclasses.replace(exp.train, steps=3)), tmp_path / "resumed")
+    train(exp, tmp_path / "resumed")
+    losses = [[r["train/loss"] for r in read_metrics(tmp_path / name) if "train/loss" in r] for name in ("straight", "resumed")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    builder = TokenizerStepBuilder(exp, make_mesh(exp.mesh))
+    states = []
+    for name in ("straight", "resumed"):
+        ckpt = Checkpointer(tmp_path / name, async_save=False)
+        states.append(ckpt.restore(6, builder.abstract_state())[0])
+        ckpt.close()
+    for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -69,7 +69,8 @@ def _background(rng, H: int, W: int):
     names = list(COLOURS)
     name = names[rng.integers(len(names))]
     base = 0.35 + 0.45 * np.asarray(COLOURS[name])  # muted version of a named colour
-    other = np.clip(base + rng.uniform(-0.25, 0.25, 3), 0, 1)
+    shade = ("light", "dark")[int(rng.integers(2))]  # the pattern mixes it with a lighter or darker shade of itself
+    other = np.clip(base * (1.25 if shade == "light" else 0.75), 0, 1)
     y_HW, x_HW = np.mgrid[0:H, 0:W].astype(np.float32)
     theta = rng.uniform(0, np.pi)
     along_HW = (x_HW * np.cos(theta) + y_HW * np.sin(theta)) / max(H, W)
@@ -91,7 +92,7 @@ def _background(rng, H: int, W: int):
             t_HW += np.sin(2 * np.pi * (fx * x_HW + fy * y_HW) + rng.uniform(0, 2 * np.pi))
         t_HW = (t_HW - t_HW.min()) / max(np.ptp(t_HW), 1e-6)
     image_HWC = base + (other - base) * t_HW[..., None]
-    return image_HWC.astype(np.float32), f"{name} {kind}" if kind != "plain" else f"plain {name}"
+    return image_HWC.astype(np.float32), f"{name} and {shade} {name} {kind}" if kind != "plain" else f"plain {name}"
 
 
 def _article(word: str) -> str:
@@ -183,12 +184,10 @@ def digit_clip(index: int, *, sample_rate: int = 16000, duration: float = 0.5, s
         pitch_L = f0 * (1 + (contour - 1) * u_L) * (1.0 if s == 0 else 0.9)
         phase_L = 2 * np.pi * np.cumsum(pitch_L) / sample_rate
         env_L = np.sin(np.pi * u_L) ** 1.5 * inside_L
-        for h in range(1, 24):
-            freq = h * f0
-            if freq > 0.45 * sample_rate:
-                break
-            gain = sum(np.exp(-0.5 * ((freq - f) / (0.15 * f + 80)) ** 2) for f in formants) / h ** 0.3
-            clip_L += gain * env_L * np.sin(h * phase_L)
+        harmonics_H = np.arange(1, 24)
+        harmonics_H = harmonics_H[harmonics_H * f0 <= 0.45 * sample_rate]
+        gains_H = sum(np.exp(-0.5 * ((harmonics_H * f0 - f) / (0.15 * f + 80)) ** 2) for f in formants) / harmonics_H ** 0.3
+        clip_L += env_L * np.einsum("h,hl->l", gains_H, np.sin(harmonics_H[:, None] * phase_L[None, :]))
     clip_L += 0.003 * rng.standard_normal(L)
     clip_L *= rng.uniform(0.3, 0.8) / max(np.abs(clip_L).max(), 1e-6)
     pitch_word = "rising" if contour > 1.05 else "falling" if contour < 0.95 else "level"
