@@ -12,10 +12,13 @@ byte-level. Vocab: 16 specials + 256 bytes + 1000 image codes = 1272 ids. The
 prompt side of every document (the image of a captioning document, the caption of a
 drawing document) has `"loss": false`.
 
-The image tokenizer's parameters are its deterministic initialisation (seed 0):
-no trained tokenizer is loaded yet (plug one into `image_tokenizer()`). Its codes
-are a fixed, image-dependent but untrained feature map, so caption→image training
-learns that map, and decoding generated codes gives no meaningful image.
+The image tokenizer: with `MMNTP_IMAGE_TOKENIZER=DIR` set, the trained tokenizer
+saved in DIR (e.g. `workdirs/tokenizers/image_fsq/tokenizer` after
+`mmntp tokenizer train --config experiments/tokenizers/image_fsq.py`), whose codes
+decode back to the images. Without it, an untrained tokenizer of the same family
+(deterministic initialisation, seed 0): its codes are a fixed, image-dependent
+feature map, so caption→image training learns that map, but decoding generated
+codes gives no meaningful image.
 
 Measured on a shared 2-core CPU: `mmntp data shapes` 30 s; prepare 3.3 minutes;
 `inspect` shows 8000 documents, 1 449 008 tokens (528 000 in image blocks, 50%
@@ -32,12 +35,26 @@ DATA = "data/shapes_mm/tokens"
 VOCAB_SIZE = 16 + 256 + 1000
 
 
+TOKENIZER_ENV = "MMNTP_IMAGE_TOKENIZER"
+
+
 def image_tokenizer():
-    """The image tokenizer module (32×32 images → 8×8 FSQ codes)."""
+    """The image tokenizer module (32×32 images → 8×8 FSQ codes): trained from
+    $MMNTP_IMAGE_TOKENIZER if set, else untrained (seed 0)."""
+    import os
+
     from flax import nnx
 
     from mmntp_jax.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+    from mmntp_jax.tokenizers.io import load_tokenizer
 
+    directory = os.environ.get(TOKENIZER_ENV)
+    if directory:
+        tokenizer = load_tokenizer(directory)
+        if tokenizer.kind != "image" or tokenizer.config.image_size != 32 or tokenizer.vocab_size != 1000:
+            raise ValueError(f"{TOKENIZER_ENV}={directory}: need a 32×32 image tokenizer with 1000 codes, got "
+                             f"{tokenizer.kind} {getattr(tokenizer.config, 'image_size', '?')}px, {tokenizer.vocab_size} codes")
+        return tokenizer.module()
     config = ImageTokenizerConfig(image_size=32, factor=4, channels=32, channel_mult=(1, 2, 2), z_channels=32, norm_groups=8)
     return ImageTokenizer(config, rngs=nnx.Rngs(0))
 

@@ -69,6 +69,9 @@ class DataConfig:
     num_workers: int = 0
     read_threads: int = 2
     mixture: tuple = ()
+    # stdlib: cut each file into pieces of at most this many bytes before the shuffle
+    # (0 = whole files), so one long file does not fill many consecutive batches
+    piece_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,8 @@ def parse_value(raw: str, annotation, key: str):
             return tuple(tuple(v) if isinstance(v, list) else v for v in value)
     except (ValueError, json.JSONDecodeError):
         name = getattr(annotation, "__name__", str(annotation))
-        raise ConfigError(f"config key {key!r}: cannot parse {raw!r} as {name}") from None
+        hint = " (a JSON list, e.g. [1, 2])" if origin in (tuple, list) else ""
+        raise ConfigError(f"config key {key!r}: cannot parse {raw!r} as {name}{hint}") from None
     raise ConfigError(f"config key {key!r}: unsupported type {annotation}")
 
 
@@ -309,6 +313,8 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
         raise ConfigError(f"config key 'train.seq_len': {t.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
     if not 0.0 <= d.eval_fraction < 1.0:
         raise ConfigError(f"config key 'data.eval_fraction': must be in [0, 1), got {d.eval_fraction}")
+    if d.piece_bytes < 0 or (d.piece_bytes and d.source != "stdlib"):
+        raise ConfigError(f"config key 'data.piece_bytes': {d.piece_bytes} must be 0, or > 0 with data.source='stdlib' (got {d.source!r})")
     if not 0.0 <= o.decay_fraction <= 1.0:
         raise ConfigError(f"config key 'optim.decay_fraction': must be in [0, 1], got {o.decay_fraction}")
     if t.batch_size % o.grad_accum:

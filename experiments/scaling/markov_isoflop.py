@@ -17,4 +17,4 @@ from mmntp_jax.scaling.presets import cpu_sweep
 
 
 def get_config():
-    return cpu_sweep("markov_isoflop", "markov", budgets=(1e11, 2e11, 4e11, 8e11))
+    return cpu_sweep("markov_isoflop", "markov", budgets=(3e11, 1e12, 3e12))

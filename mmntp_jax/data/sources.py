@@ -4,6 +4,7 @@ A source turns a `Config` and a split ("train" or "eval") into the `Vocab` and a
 grain `MapDataset` of tokenized documents (see `documents.py`):
 
     stdlib    byte-level documents from the Python standard library's source files
+              (whole files, or pieces of at most `data.piece_bytes` bytes each)
     shards    a folder made by `mmntp data prepare` (`data.path`)
     mixture   several sources with weights (`data.mixture`, see below)
 
@@ -38,6 +39,10 @@ def stdlib_source(config, split: str):
     files = stdlib.split_files(split, config.data.eval_fraction)
     if not files:
         raise ValueError(f"data.source=stdlib: the {split} split is empty; adjust data.eval_fraction={config.data.eval_fraction}")
+
+    if config.data.piece_bytes > 0:
+        pieces = stdlib.file_pieces(files, config.data.piece_bytes)
+        return vocab, grain.MapDataset.source(pieces).map(lambda piece: text_document(tokenizer.encode(stdlib.read_piece(piece)), vocab))
 
     def load(rel_path: str):
         return text_document(tokenizer.encode(stdlib.read_file(rel_path)), vocab)

@@ -48,3 +48,30 @@ def split_files(split: str, eval_fraction: float) -> list[str]:
 
 def read_file(rel_path: str) -> bytes:
     return (stdlib_root() / rel_path).read_bytes()
+
+
+def file_pieces(files: list[str], piece_bytes: int) -> list[tuple[str, int, int]]:
+    """(path, start, stop) byte ranges that cut every file into pieces of at most
+    `piece_bytes` bytes, split at line ends where a line end falls in the piece's
+    second half. Every byte of every file is in exactly one piece."""
+    if piece_bytes < 1:
+        raise ValueError(f"data.piece_bytes must be ≥ 1, got {piece_bytes}")
+    pieces = []
+    for rel in files:
+        data = read_file(rel)
+        start = 0
+        while start < len(data):
+            stop = min(start + piece_bytes, len(data))
+            if stop < len(data):
+                cut = data.rfind(b"\n", start + piece_bytes // 2, stop)
+                stop = cut + 1 if cut >= 0 else stop
+            pieces.append((rel, start, stop))
+            start = stop
+    return pieces
+
+
+def read_piece(piece) -> bytes:
+    rel, start, stop = piece
+    with (stdlib_root() / rel).open("rb") as f:
+        f.seek(int(start))
+        return f.read(int(stop) - int(start))
