@@ -8,7 +8,8 @@ residual units with dilations 1, 3 and 9, RVQ of 8 codebooks of 1024 codes
 (10 bits, 500 bit/s each) trained with quantizer dropout so one model serves
 1, 2, 4 and 8 quantizers (0.5 – 4 kbit/s). Loss: L1 on samples + multi-resolution
 STFT. `eval --json` reports SI-SNR and mel distance per bitrate (q1/…, q2/…, q4/…,
-q8/…); docs/benchmarks.md has the table.
+q8/…); docs/benchmarks.md has the table (mel distance 0.45 → 0.405 from 1 to 8
+quantizers; SI-SNR still negative at this training length).
 """
 
 from mmntp_jax.config import CheckpointConfig, OptimConfig

@@ -6,7 +6,8 @@
 Same config as image_fsq; data.source=photos cuts crops of astronaut, camera,
 chelsea, clock, coffee, coins, immunohistochemistry, moon and rocket (grey
 photographs as RGB); the right-most quarter of every photograph is held out
-and the eval crops come only from there. Target: held-out PSNR ≥ 24 dB.
+and the eval crops come only from there. Target: held-out PSNR ≥ 24 dB;
+measured 31.3 dB, codebook usage 0.921 (docs/benchmarks.md).
 """
 
 import dataclasses

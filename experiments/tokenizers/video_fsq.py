@@ -7,7 +7,8 @@ MAGVIT-v2 style: causal 3-D convolutions, a pixel-unshuffle stem (patch 2),
 levels 16×16 (16 channels), then space and time halved (8×8, 32 channels),
 then time halved again: 9 frames → 1 + 2 latent steps of 8×8 → 192 tokens per
 video; the first step codes frame 0 alone, with the same FSQ vocabulary as
-the image tokenizer. Expected: held-out PSNR as recorded in docs/benchmarks.md.
+the image tokenizer. Measured: held-out PSNR 21.5 dB after the 1000 steps,
+codebook usage 0.95 (docs/benchmarks.md).
 """
 
 from mmntp_jax.config import CheckpointConfig, OptimConfig
