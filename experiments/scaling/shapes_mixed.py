@@ -2,14 +2,15 @@
 
     mmntp data shapes --out data/shapes/manifest --items 16000
     python -m mmntp_jax.scaling.modal_data data/shapes/manifest/manifest.jsonl
+    export MMNTP_IMAGE_TOKENIZER=workdirs/tokenizers/image_fsq/tokenizer   # trained by experiments/tokenizers/image_fsq.py
     mmntp data prepare --manifest data/shapes/manifest/manifest_text.jsonl --out data/shapes/text --config experiments/shapes_mm.py
     mmntp data prepare --manifest data/shapes/manifest/manifest_image.jsonl --out data/shapes/image --config experiments/shapes_mm.py
     mmntp scaling run --config experiments/scaling/shapes_mixed.py --workdir workdirs/scaling/shapes_mixed --jobs 2
     mmntp scaling fit --runs workdirs/scaling/shapes_mixed --out workdirs/scaling/shapes_mixed/fit
 
 Three data variants × widths 16, 32, 64 (1–2 layers) × 1e5, 2e5, 4e5 training
-tokens, 128-token rows, 16 rows a step, vocabulary 1272 (bytes + 1000 image codes
-of the untrained FSQ image tokenizer of experiments/shapes_mm.py). "text" trains
+tokens, 128-token rows, 16 rows a step, vocabulary 1272 (bytes + the 1000 codes
+of the trained FSQ image tokenizer, 64 per image). "text" trains
 on captions, "image" on images (64 codes each), "text+image" on an even mixture
 of the two folders. `mmntp scaling fit` fits the unimodal laws on the first two
 groups and the Aghajanyan et al. interaction on the third, reporting whether the
