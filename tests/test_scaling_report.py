@@ -175,3 +175,15 @@ def test_fit_runs_isoflop_sweep_report(tmp_path):
     assert result["a_intervals_overlap"] is True and result["skipped"] == []
     assert result["flops_per_param_token"]["median"] == pytest.approx(6.0)
     assert {"isoflop.png", "frontier.png", "residuals.png"} <= set(result["plots"])
+
+
+def test_degenerate_unimodal_law_is_refused_not_classified():
+    """A unimodal law whose A overflowed (α → hundreds) predicts no finite loss: the interaction is refused with the reason."""
+    law_t = fit.LawFit(E=0.8, A=50.0, B=300.0, alpha=0.3, beta=0.35, objective=0, n_points=0, n_starts=0, n_converged=0, start=())
+    law_i = fit.LawFit(E=4.0, A=float("inf"), B=789.0, alpha=523.0, beta=0.53, objective=0, n_points=0, n_starts=0, n_converged=0, start=())
+    n, d = (x.ravel() for x in np.meshgrid(np.geomspace(1e4, 1e5, 3), np.geomspace(1e5, 1e6, 3)))
+    with pytest.raises(RunsError, match="image law .* degenerate"):
+        fit_interaction(("text", "image"), law_t, law_i, n, d / 2, d / 2, np.full(n.shape, 3.0))
+    flat = fit.LawFit(E=1.0, A=1.0, B=1.0, alpha=0.0, beta=0.0, objective=0, n_points=0, n_starts=0, n_converged=0, start=())
+    assert np.isnan(flat.G) and np.isnan(flat.a_opt) and np.isnan(flat.b_opt)  # no frontier, not a ZeroDivisionError
+    assert flat.summary()["n_points"] == 0

@@ -29,7 +29,7 @@ VOCAB_SIZE = 16 + 256 + 1000
 
 
 def get_config():
-    sweep = cpu_sweep("shapes_mixed", "shards", tokens=(1e5, 2e5, 4e5), widths=(16, 32, 64))
+    sweep = cpu_sweep("shapes_mixed", "shards", tokens=(1e5, 2e5, 4e5, 1e6, 2.5e6), widths=(16, 32, 64))
     base = sweep.base
     base = dataclasses.replace(
         base,

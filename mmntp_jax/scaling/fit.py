@@ -16,6 +16,7 @@ G = (αA / βB)^(1/(α+β)).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass
 
 import jax
@@ -91,16 +92,22 @@ class LawFit:
 
     @property
     def a_opt(self) -> float:
-        """Exponent of N_opt ∝ C^a: β/(α+β)."""
-        return self.beta / (self.alpha + self.beta)
+        """Exponent of N_opt ∝ C^a: β/(α+β); NaN when α = β = 0 (no compute-optimal frontier)."""
+        total = self.alpha + self.beta
+        return self.beta / total if total > 0 else math.nan
 
     @property
     def b_opt(self) -> float:
-        return self.alpha / (self.alpha + self.beta)
+        total = self.alpha + self.beta
+        return self.alpha / total if total > 0 else math.nan
 
     @property
     def G(self) -> float:
-        return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
+        """N_opt = G·(C/k)^a; NaN when a term of the law vanishes (α·A = 0 or β·B = 0)."""
+        num, den, total = self.alpha * self.A, self.beta * self.B, self.alpha + self.beta
+        if not (num > 0 and den > 0 and total > 0):
+            return math.nan
+        return math.exp((math.log(num) - math.log(den)) / total)
 
     def predict(self, n, d) -> np.ndarray:
         n, d = np.asarray(n, np.float64), np.asarray(d, np.float64)
