@@ -8,15 +8,17 @@
     mmntp scaling run --config experiments/scaling/shapes_mixed.py --workdir workdirs/scaling/shapes_mixed --jobs 2
     mmntp scaling fit --runs workdirs/scaling/shapes_mixed --out workdirs/scaling/shapes_mixed/fit
 
-Three data variants × widths 16, 32, 64 (1–2 layers) × 1e5, 2e5, 4e5 training
-tokens, 128-token rows, 16 rows a step, vocabulary 1272 (bytes + the 1000 codes
+Three data variants × widths 16, 32, 64 (1–2 layers) × 1e5, 2e5, 4e5, 1e6, 2.5e6
+training tokens, 128-token rows, 16 rows a step, vocabulary 1272 (bytes + the 1000 codes
 of the trained FSQ image tokenizer, 64 per image). "text" trains
 on captions, "image" on images (64 codes each), "text+image" on an even mixture
 of the two folders. `mmntp scaling fit` fits the unimodal laws on the first two
 groups and the Aghajanyan et al. interaction on the third, reporting whether the
 two modalities compete or help. Every eval covers the whole held-out split of
-each folder (eval_batches 40). About 2.3e12 training FLOPs.
-Results: docs/scaling.md.
+each folder (eval_batches 40). 1.44e13 training FLOPs, about 20 minutes on the
+2-core CPU. Measured (docs/scaling.md): captions E = 0.159, images E = 3.33; the
+interaction is −0.15 to −0.02 nats over the runs ("helps", slightly; its D term
+is degenerate, β ≈ 0).
 """
 
 import dataclasses

@@ -106,8 +106,11 @@ def _result_row(run: PlannedRun, summary: dict, seconds: float, cpu_seconds: flo
     return row
 
 
-def modality_fractions(config, n_batches: int = 8) -> dict[str, float]:
-    """Share of trained target tokens per modality, over the first train batches."""
+def modality_fractions(config, n_batches: int) -> dict[str, float]:
+    """Share of trained target tokens per modality over the first `n_batches` train
+    batches. Called with the run's steps, it counts exactly the batches the run
+    trained on: a prefix of a few batches is biased, since packing places long
+    documents first within each window of `data.pack_window` rows."""
     from mmntp_jax.data.pipeline import make_dataset
     from mmntp_jax.data.vocab import MODALITIES
 
@@ -141,7 +144,7 @@ def run_family(workdir: Path, runs: list[PlannedRun], reuse: str, log=print) -> 
             raise KeyboardInterrupt
         if summary.get("complete"):  # trained earlier but result.json was not written: evaluate again
             summary = _evaluate_finished(run, run_dir)
-        summary["modality_fractions"] = modality_fractions(run.config) if run.variant else {}
+        summary["modality_fractions"] = modality_fractions(run.config, run.steps) if run.variant else {}
         row = _result_row(run, summary, time.perf_counter() - start, time.process_time() - cpu_start)
         (run_dir / "result.json").write_text(json.dumps(row, indent=1))
         log(f"{run.run_id}: N={run.params:.3g} D={run.tokens:.3g} C={run.flops:.3g} loss={row['loss']:.4f} ({row['seconds']:.0f} s)")
