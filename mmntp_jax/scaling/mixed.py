@@ -97,14 +97,15 @@ def fit_interaction(pair, law_i: LawFit, law_j: LawFit, n, d_i, d_j, loss, *, de
     for name, x in (("N", n), (f"tokens_{pair[0]}", d_i), (f"tokens_{pair[1]}", d_j), ("loss", loss)):
         if not np.all(np.isfinite(x) & (x > 0)):
             raise RunsError(f"{what}: {name} must be finite and > 0 on every mixed run")
-    with np.errstate(all="ignore"):
-        base = 0.5 * (law_i.predict(n, d_i) + law_j.predict(n, d_j))
+    predictions = []
     for name, law, d in ((pair[0], law_i, d_i), (pair[1], law_j, d_j)):
         with np.errstate(all="ignore"):
-            finite = np.isfinite(law.predict(n, d))
+            predictions.append(law.predict(n, d))
+        finite = np.isfinite(predictions[-1])
         if not np.all(finite):
             raise RunsError(f"{what}: the {name} law (E={law.E:.4g}, A={law.A:.4g}, α={law.alpha:.4g}, B={law.B:.4g}, β={law.beta:.4g}) "
                             f"gives no finite loss on {int((~finite).sum())} mixed runs; its fit is degenerate, so the interaction cannot be fitted")
+    base = 0.5 * (predictions[0] + predictions[1])
     starts = interaction_starts()
     res = lbfgs.minimize(_mixed_objective, starts, (np.log(n), np.log(d_i + d_j), base, np.log(loss), np.float64(delta)), max_iter=max_iter)
     f = np.where(np.isfinite(res.f_S), res.f_S, np.inf)

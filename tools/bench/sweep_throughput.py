@@ -62,11 +62,10 @@ def main(argv=None) -> int:
     first = {}
     for run in runs:
         first.setdefault(run.family, run)
-    rates, results = {}, []
+    rates = {}
     for family, run in first.items():
         result = measure(run, args.steps)
         rates[family] = result["gflop_per_s"]
-        results.append(result)
         print(json.dumps({"family": family, **result}), flush=True)
 
     estimate = 0.0
