@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,17 @@ def test_errors_are_one_line(tmp_path):
     missing = mmntp("train", "--config", tmp_path / "nope.py")
     assert missing.returncode == 2 and "nope.py: not found" in missing.stderr
     assert mmntp("--help").returncode == 0
+
+
+def test_cpu_devices_sets_the_mesh_size(experiment):
+    """`--cpu-devices 3` gives a 3-device mesh: batch 8 no longer divides it; 0 is refused."""
+    three = mmntp("train", "--config", experiment, "--cpu-devices", "3", "--print-config")
+    assert three.returncode == 2
+    assert "train.batch_size': micro-batch 8 is not divisible by mesh data×fsdp=3" in three.stderr
+    two = mmntp("train", "--config", experiment, "--cpu-devices", "2", "--print-config")
+    assert two.returncode == 0 and json.loads(two.stdout)["train"]["batch_size"] == 8
+    image_fsq = Path(__file__).parents[1] / "experiments" / "tokenizers" / "image_fsq.py"
+    tokenizer = mmntp("tokenizer", "train", "--config", image_fsq, "--cpu-devices", "3", "--print-config")
+    assert tokenizer.returncode == 2 and "'train.batch_size': 16 is not divisible by mesh data×fsdp=3" in tokenizer.stderr
+    zero = mmntp("tokenizer", "train", "--config", image_fsq, "--cpu-devices", "0", "--print-config")
+    assert zero.returncode == 2 and "--cpu-devices: expected a device count ≥ 1, got 0" in zero.stderr

@@ -32,6 +32,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     p.add_argument("--workdir", help="run directory (default workdirs/tokenizers/<name>)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--cpu-devices", type=int, metavar="N", help="on a CPU-only machine, train data-parallel over N CPU devices (e.g. the core count)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="held-out figures of a trained tokenizer (psnr, codebook_usage, perplexity, …)")
@@ -55,11 +56,13 @@ def cmd_train(args) -> int:
     import jax
 
     from mmntp_jax.cli import CommandError
+    from mmntp_jax.sharding import use_cpu_devices
     from mmntp_jax.tokenizers import experiment
     from mmntp_jax.tokenizers.media import MediaError
     from mmntp_jax.tokenizers.tokenizer_train import train
     from mmntp_jax.train.loop import RunConflict
 
+    use_cpu_devices(args.cpu_devices)
     exp = experiment.load(args.config, args.overrides, device_count=jax.device_count())
     if args.print_config:
         print(experiment.to_json(exp))
@@ -83,7 +86,7 @@ def _restore(workdir, step):
     checkpointer = Checkpointer(workdir, keep=exp.checkpoint.keep, async_save=False)
     try:
         step = checkpointer.latest_step() if step is None else step
-        state, _ = checkpointer.restore(step, builder.abstract_state())
+        state, _ = checkpointer.restore(step, builder.abstract_state(), optional_fields=("ema_params",))
     finally:
         checkpointer.close()
     return exp, builder, state, step

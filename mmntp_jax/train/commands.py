@@ -15,6 +15,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
         parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
         parser.add_argument("--profile-steps", default=None, metavar="A:B", help="write a JAX profiler trace of steps A..B-1 to WORKDIR/profile")
         parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host; see docs/multihost.md)")
+        parser.add_argument("--cpu-devices", type=int, metavar="N", help="on a CPU-only machine, train data-parallel over N CPU devices (e.g. the core count)")
         parser.set_defaults(func=run_train)
     elif name == "eval":
         parser.add_argument("--workdir", required=True)
@@ -39,8 +40,10 @@ def run_train(args) -> int:
     import jax
 
     from mmntp_jax.config import load_config, to_json
+    from mmntp_jax.sharding import use_cpu_devices
     from mmntp_jax.train.loop import train
 
+    use_cpu_devices(args.cpu_devices)
     if args.distributed:
         jax.distributed.initialize()
     config = load_config(args.config, args.overrides, device_count=jax.device_count())
