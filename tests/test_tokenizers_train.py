@@ -115,6 +115,25 @@ def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_output_layer():
     assert float(metrics["gan/weight"]) == pytest.approx(0.5 * norm(g_rec) / (norm(g_gan) + 1e-4), rel=1e-3)
 
 
+def test_parameter_ema_follows_its_recurrence_and_is_what_eval_uses():
+    exp = _experiment(train=TokenizerTrainConfig(steps=4, batch_size=4, ema_decay=0.5, progress=False))
+    builder = TokenizerStepBuilder(exp, make_mesh(MeshConfig(data=1), jax.devices()[:1]))
+    state = builder.init_state(0)
+    ema = [np.asarray(a) for a in jax.tree.leaves(jax.device_get(state.params))]
+    x = np.random.default_rng(2).uniform(size=(4, 16, 16, 3)).astype(np.float32)
+    for step in range(3):
+        state, _ = builder.train_step(state, jnp.asarray(x))
+        decay = min(0.5, (1 + step) / (10 + step))
+        ema = [e + (1 - decay) * (np.asarray(p) - e) for e, p in zip(ema, jax.tree.leaves(jax.device_get(state.params)))]
+    for want, got in zip(ema, jax.tree.leaves(jax.device_get(state.ema_params))):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
+    averaged, raw = nnx.state(builder.module(state), nnx.Param), nnx.state(builder.module(state, raw=True), nnx.Param)
+    kernel = lambda st: np.asarray(st["decoder"]["conv_out"]["conv"]["kernel"][...])
+    np.testing.assert_array_equal(kernel(averaged), np.asarray(state.ema_params["decoder"]["conv_out"]["conv"]["kernel"][...]))
+    np.testing.assert_array_equal(kernel(raw), np.asarray(state.params["decoder"]["conv_out"]["conv"]["kernel"][...]))
+    assert not np.allclose(kernel(averaged), kernel(raw))
+
+
 @pytest.mark.slow
 def test_eight_device_step_equals_one_device_step():
     exp = _experiment(model=dataclasses.replace(MODEL, quantizer=QuantizerConfig(kind="vq", codebook_size=16, dim=4, ema=True)),
@@ -144,6 +163,8 @@ def test_config_errors_name_the_key(tmp_path):
         validate(_experiment(model=dataclasses.replace(MODEL, quantizer=QuantizerConfig(kind="pq"))))
     with pytest.raises(ConfigError, match="train.batch_size"):
         validate(_experiment(train=TokenizerTrainConfig(batch_size=6)), device_count=8)
+    with pytest.raises(ConfigError, match=r"'train.ema_decay': must be in \[0, 1\), got 1.0"):
+        validate(_experiment(train=TokenizerTrainConfig(ema_decay=1.0)))
     exp = _experiment()
     assert from_json(to_json(exp)) == exp
 
@@ -153,7 +174,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     from mmntp_jax.tokenizers.tokenizer_train import train
     from mmntp_jax.train.checkpoint import Checkpointer
 
-    exp = _experiment(train=TokenizerTrainConfig(steps=6, batch_size=8, log_every=1, eval_every=6, samples=0, progress=False),
+    exp = _experiment(train=TokenizerTrainConfig(steps=6, batch_size=8, log_every=1, eval_every=6, samples=0, ema_decay=0.9, progress=False),
                       checkpoint=CheckpointConfig(every=3, keep=3, async_save=False), mesh=MeshConfig(data=-1))
     train(exp, tmp_path / "straight")
     train(dataclasses.replace(exp, train=dataclasses.replace(exp.train, steps=3)), tmp_path / "resumed")
@@ -166,5 +187,23 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         ckpt = Checkpointer(tmp_path / name, async_save=False)
         states.append(ckpt.restore(6, builder.abstract_state())[0])
         ckpt.close()
-    for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
+    for a, b in zip(jax.tree.leaves((states[0].params, states[0].ema_params)), jax.tree.leaves((states[1].params, states[1].ema_params))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jax.tree.leaves(states[0].ema_params)
+
+
+def test_a_checkpoint_from_before_parameter_ema_restores(tmp_path):
+    from mmntp_jax.train.checkpoint import Checkpointer
+
+    builder = TokenizerStepBuilder(_experiment(), make_mesh(MeshConfig(data=1), jax.devices()[:1]))
+    state = builder.init_state(0)
+    older = {name: value for name, value in vars(state).items() if name != "ema_params"}
+    checkpointer = Checkpointer(tmp_path, async_save=False)
+    checkpointer.save(0, older, None, force=True)
+    with pytest.raises(ValueError, match="ema_params"):
+        checkpointer.restore(0, builder.abstract_state())
+    restored, _ = checkpointer.restore(0, builder.abstract_state(), optional_fields=("ema_params",))
+    checkpointer.close()
+    assert restored.ema_params is None
+    for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(restored))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

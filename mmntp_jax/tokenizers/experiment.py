@@ -51,12 +51,17 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TokenizerTrainConfig:
+    """ema_decay: keep an exponential moving average of the parameters (0 = off); when on,
+    evaluation, samples and the exported tokenizer use the average, and eval also reports
+    the raw parameters' figures as `raw/…`."""
+
     steps: int = 2000
     batch_size: int = 32
     seed: int = 0
     log_every: int = 50
     eval_every: int = 500
     samples: int = 8
+    ema_decay: float = 0.0
     progress: bool = True
     compilation_cache: str = "~/.cache/mmntp_jax/xla"
 
@@ -94,6 +99,8 @@ def validate(exp: TokenizerExperiment, *, device_count: int | None = None) -> No
     for key, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size), ("data.train_items", d.train_items), ("data.eval_items", d.eval_items), ("train.log_every", t.log_every), ("train.eval_every", t.eval_every)):
         if value < 1:
             raise ConfigError(f"config key '{key}': must be ≥ 1, got {value}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"config key 'train.ema_decay': must be in [0, 1), got {t.ema_decay}")
     if device_count is not None:
         sizes = mesh_shape(exp.mesh, device_count)
         if sizes["tensor"] != 1 or sizes["sequence"] != 1:

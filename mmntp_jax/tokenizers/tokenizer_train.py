@@ -52,6 +52,9 @@ def run_eval(builder: TokenizerStepBuilder, state, eval_items: np.ndarray, workd
     """Held-out figures; writes reconstruction samples to workdir/samples/ when a workdir is given."""
     exp = builder.exp
     figures, recs = evaluation.evaluate_all(lambda: builder.module(state), exp.kind, exp.model, eval_items)
+    if builder.ema_decay:
+        raw, _ = evaluation.evaluate_all(lambda: builder.module(state, raw=True), exp.kind, exp.model, eval_items)
+        figures.update({f"raw/{k}": v for k, v in raw.items() if "/" not in k})
     if workdir is not None and n_samples > 0 and jax.process_index() == 0:
         evaluation.write_samples(workdir / "samples", exp.kind, exp.model, eval_items[:n_samples], recs[:n_samples], f"step_{step:06d}")
     return figures
@@ -79,7 +82,7 @@ def train(exp, workdir, *, log=print) -> dict:
     train_items, eval_items = datasets.load_split(exp, "train"), datasets.load_split(exp, "eval")
     log(f"data: {len(train_items)} train and {len(eval_items)} eval {exp.kind} items from {exp.data.source} ({time.perf_counter() - t0:.1f}s)")
     if start:
-        state, _ = checkpointer.restore(start, builder.abstract_state())
+        state, _ = checkpointer.restore(start, builder.abstract_state(), optional_fields=("ema_params",))
         log(f"resumed from step {start} in {workdir}")
     else:
         state = builder.init_state(exp.train.seed)

@@ -11,6 +11,9 @@ with λ = gan.weight · ‖∇rec‖/‖∇gan‖ at the decoder's output layer 
 `gan.adaptive`. The discriminator takes a hinge step on (real, reconstruction)
 from gan.start_step on; before that neither GAN term is computed. EMA codebooks
 are updated after the gradient step from the same batch's latents and codes.
+With `train.ema_decay` > 0 the state also carries an exponential moving average
+of the parameters (decay warmed up as min(decay, (1 + step) / (10 + step))),
+which evaluation and export use.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from mmntp_jax.train.optim import global_norm, learning_rate_schedule, make_opti
 class TokenizerState:
     step: jax.Array
     params: Any  # nnx.State of the tokenizer's nnx.Param
+    ema_params: Any  # their moving average when train.ema_decay > 0, else None
     codebooks: Any  # nnx.State of everything else (EMA codebooks); may be empty
     opt_state: Any
     disc_params: Any
@@ -66,6 +70,7 @@ class TokenizerStepBuilder:
         disc = PatchDiscriminator(exp.model.in_channels, self.gan.channels, self.gan.layers, rngs=nnx.Rngs(exp.train.seed + 1)) if self.gan else None
         self.disc_graphdef = nnx.graphdef(disc) if disc is not None else None
         self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.ema_decay = exp.train.ema_decay
 
     def batch_sharding(self, ndim: int) -> NamedSharding:
         return NamedSharding(self.mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
@@ -79,7 +84,7 @@ class TokenizerStepBuilder:
             disc_params = nnx.state(PatchDiscriminator(self.exp.model.in_channels, self.gan.channels, self.gan.layers, rngs=nnx.Rngs(seed + 1)))
         key = jax.random.key(seed)
         return TokenizerState(
-            step=jnp.zeros((), jnp.int32), params=params, codebooks=codebooks, opt_state=self.optimizer.init(params),
+            step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params) if self.ema_decay else None, codebooks=codebooks, opt_state=self.optimizer.init(params),
             disc_params=disc_params, disc_opt_state=self.disc_optimizer.init(disc_params), rng=jax.random.key_data(jax.random.fold_in(key, 7)),
         )
 
@@ -92,8 +97,16 @@ class TokenizerStepBuilder:
         shapes = jax.eval_shape(lambda: self._create(0))
         return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
-    def module(self, state: TokenizerState) -> nnx.Module:
-        return nnx.merge(self.graphdef, state.params, state.codebooks)
+    def module(self, state: TokenizerState, *, raw: bool = False) -> nnx.Module:
+        """The tokenizer with the averaged parameters when EMA is on (the raw ones if `raw`)."""
+        params = state.ema_params if self.ema_decay and not raw else state.params
+        return nnx.merge(self.graphdef, params, state.codebooks)
+
+    def _ema(self, ema_params, params, step):
+        if not self.ema_decay:
+            return ema_params
+        decay = jnp.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+        return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema_params, params)
 
     # -- the generator objective ---------------------------------------------------
     def _objective(self, params, state: TokenizerState, x, key, gan_on):
@@ -167,7 +180,8 @@ class TokenizerStepBuilder:
         metrics |= {"loss": loss, "grad_norm": global_norm(grads), "lr": self.schedule(state.step)}
         if self.kind != "audio":
             metrics["psnr"] = jnp.mean(10.0 * jnp.log10(1.0 / jnp.maximum(jnp.mean(jnp.square(jnp.clip(rec, 0, 1) - x), axis=tuple(range(1, x.ndim))), 1e-6)))
-        new_state = state.replace(step=state.step + 1, params=params, codebooks=codebooks, opt_state=opt_state, disc_params=disc_params, disc_opt_state=disc_opt_state)
+        ema_params = self._ema(state.ema_params, params, state.step)
+        new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params, codebooks=codebooks, opt_state=opt_state, disc_params=disc_params, disc_opt_state=disc_opt_state)
         return new_state, metrics
 
     @functools.cached_property

@@ -62,19 +62,30 @@ class Checkpointer:
         )
         return self.manager.save(step, args=args, force=force)
 
-    def restore(self, step: int | None, abstract_state, iterator=None):
-        """Restores (state, iterator state dict) at `step` (latest when None)."""
+    def restore(self, step: int | None, abstract_state, iterator=None, *, optional_fields: tuple[str, ...] = ()):
+        """Restores (state, iterator state dict) at `step` (latest when None).
+
+        `optional_fields`: fields of the state dataclass that checkpoints written
+        before the field existed lack; they are restored as None.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.directory}")
         if step not in self.all_steps():
             raise FileNotFoundError(f"no checkpoint for step {step} under {self.directory}; saved steps: {self.all_steps()}")
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        absent = []
+        if optional_fields:
+            on_disk = self.manager.item_metadata(step)["state"]
+            absent = [name for name in optional_fields if name not in on_disk]
+        target = {k: v for k, v in vars(abstract_state).items() if k not in absent} if absent else abstract_state
+        items = {"state": ocp.args.StandardRestore(target)}
         snapshot = IteratorSnapshot(iterator, state={})
         if iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(snapshot)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], snapshot._state
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+        if absent:
+            restored = abstract_state.replace(**restored, **{name: None for name in absent})
+        return restored, snapshot._state
 
     def restore_params(self, step: int | None, abstract_params):
         """Only the parameters (for evaluation, sampling and export).
