@@ -170,14 +170,29 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    import signal
+
+    from mmntp_jax.tokenizers import datasets
     from mmntp_jax.tokenizers.tokenizer_train import train
     from mmntp_jax.train.checkpoint import Checkpointer
 
     exp = _experiment(train=TokenizerTrainConfig(steps=6, batch_size=8, log_every=1, eval_every=6, samples=0, ema_decay=0.9, progress=False),
                       checkpoint=CheckpointConfig(every=3, keep=3, async_save=False), mesh=MeshConfig(data=-1))
     train(exp, tmp_path / "straight")
-    train(dataclasses.replace(exp, train=dataclasses.replace(exp.train, steps=3)), tmp_path / "resumed")
+    batch_indices = datasets.batch_indices
+
+    def sigterm_at_step_3(n_items, batch_size, step, seed):
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)  # the loop finishes this step, checkpoints at 4 and stops
+        return batch_indices(n_items, batch_size, step, seed)
+
+    monkeypatch.setattr(datasets, "batch_indices", sigterm_at_step_3)
+    assert train(exp, tmp_path / "resumed")["interrupted"] == "SIGTERM"
+    monkeypatch.setattr(datasets, "batch_indices", batch_indices)
+    probe = Checkpointer(tmp_path / "resumed", async_save=False)
+    assert probe.all_steps() == [3, 4]
+    probe.close()
     train(exp, tmp_path / "resumed")
     losses = [[r["train/loss"] for r in read_metrics(tmp_path / name) if "train/loss" in r] for name in ("straight", "resumed")]
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
