@@ -145,4 +145,5 @@ def test_sweep_runs_resumes_and_writes_table(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["scaling", "run", "--config", "experiments/scaling/markov_isoflop.py", "--workdir", str(tmp_path / "x"), "--dry-run"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(lines) == 20 and all(line["N"] > 0 and line["steps"] >= 20 for line in lines)
+    # 3 budgets × 6 widths, every one with at least 20 steps
+    assert len(lines) == 18 and all(line["N"] > 0 and line["steps"] >= 20 for line in lines)
