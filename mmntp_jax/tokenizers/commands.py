@@ -86,7 +86,7 @@ def _restore(workdir, step):
     checkpointer = Checkpointer(workdir, keep=exp.checkpoint.keep, async_save=False)
     try:
         step = checkpointer.latest_step() if step is None else step
-        state, _ = checkpointer.restore(step, builder.abstract_state(), optional_fields=("ema_params",))
+        state = builder.restore(checkpointer, step)
     finally:
         checkpointer.close()
     return exp, builder, state, step

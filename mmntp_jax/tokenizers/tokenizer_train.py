@@ -82,7 +82,7 @@ def train(exp, workdir, *, log=print) -> dict:
     train_items, eval_items = datasets.load_split(exp, "train"), datasets.load_split(exp, "eval")
     log(f"data: {len(train_items)} train and {len(eval_items)} eval {exp.kind} items from {exp.data.source} ({time.perf_counter() - t0:.1f}s)")
     if start:
-        state, _ = checkpointer.restore(start, builder.abstract_state(), optional_fields=("ema_params",))
+        state = builder.restore(checkpointer, start)
         log(f"resumed from step {start} in {workdir}")
     else:
         state = builder.init_state(exp.train.seed)

@@ -97,6 +97,11 @@ class TokenizerStepBuilder:
         shapes = jax.eval_shape(lambda: self._create(0))
         return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
+    def restore(self, checkpointer, step: int) -> TokenizerState:
+        """The state saved at `step`; checkpoints from before the parameter average get ema_params=None."""
+        state, _ = checkpointer.restore(step, self.abstract_state(), optional_fields=("ema_params",))
+        return state
+
     def module(self, state: TokenizerState, *, raw: bool = False) -> nnx.Module:
         """The tokenizer with the averaged parameters when EMA is on (the raw ones if `raw`)."""
         params = state.ema_params if self.ema_decay and not raw else state.params
