@@ -14,6 +14,7 @@ from mmntp_jax.data.vocab import Vocab
 from mmntp_jax.model.generate import generate_ids, left_pad
 from mmntp_jax.model.heads import logits as head_logits
 from mmntp_jax.model.init import bind, graphdef, init_params
+from mmntp_jax.paths import resolve_path
 from mmntp_jax.tokenizers.text import ByteTokenizer
 from mmntp_jax.train.checkpoint import Checkpointer
 
@@ -61,7 +62,7 @@ def _until_eos(row: np.ndarray, eos_id: int) -> np.ndarray:
 
 def load(workdir, step: int | None = None) -> Run:
     """Loads config.json, vocab.json and the parameters of checkpoint `step` (latest if None)."""
-    workdir = epath.Path(workdir)
+    workdir = epath.Path(resolve_path(workdir))
     if not (workdir / "config.json").exists():
         raise FileNotFoundError(f"{workdir} is not a training workdir: config.json is missing")
     config = load_json(workdir / "config.json")

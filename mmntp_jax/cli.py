@@ -60,10 +60,13 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from mmntp_jax.config import ConfigError
+    from mmntp_jax.errors import RunError
+    from mmntp_jax.paths import resolve_path_args
 
+    resolve_path_args(args)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ConfigError, FileNotFoundError, FileExistsError) as err:
+    except (CommandError, ConfigError, RunError, FileNotFoundError, FileExistsError) as err:
         print(f"mmntp {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -63,12 +63,12 @@ class DataConfig:
     """Where training tokens come from."""
 
     source: str = "stdlib"
-    path: str = ""
+    path: str = field(default="", metadata={"path": True})
     eval_fraction: float = 0.02
     pack_window: int = 256
     num_workers: int = 0
     read_threads: int = 2
-    mixture: tuple = ()
+    mixture: tuple = field(default=(), metadata={"path": "entries"})
     # stdlib: cut each file into pieces of at most this many bytes before the shuffle
     # (0 = whole files), so one long file does not fill many consecutive batches
     piece_bytes: int = 0
@@ -127,7 +127,7 @@ class TrainConfig:
     eval_batches: int = 4
     log_every: int = 10
     peak_flops: float = 0.0
-    compilation_cache: str = "~/.cache/mmntp_jax/xla"
+    compilation_cache: str = field(default="~/.cache/mmntp_jax/xla", metadata={"path": True})
     progress: bool = True
 
 
@@ -175,10 +175,13 @@ def load_experiment(path: str | Path) -> Config:
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), *, device_count: int | None = None):
-    """Experiment file (or the default job) + `key=value` overrides, validated."""
+    """Experiment file (or the default job) + `key=value` overrides, validated;
+    path-valued keys are made absolute against the current directory."""
+    from mmntp_jax.paths import resolve_config_paths
+
     if path is None:
         path = default_experiment_path()
-    config = apply_overrides(load_experiment(path), overrides)
+    config = resolve_config_paths(apply_overrides(load_experiment(path), overrides))
     validate(config, device_count=device_count)
     return config
 

@@ -56,6 +56,7 @@ def cmd_train(args) -> int:
     import jax
 
     from mmntp_jax.cli import CommandError
+    from mmntp_jax.paths import resolve_path
     from mmntp_jax.sharding import use_cpu_devices
     from mmntp_jax.tokenizers import experiment
     from mmntp_jax.tokenizers.media import MediaError
@@ -67,7 +68,7 @@ def cmd_train(args) -> int:
     if args.print_config:
         print(experiment.to_json(exp))
         return 0
-    workdir = args.workdir or f"workdirs/tokenizers/{exp.name}"
+    workdir = args.workdir or resolve_path(f"workdirs/tokenizers/{exp.name}")
     try:
         summary = train(exp, workdir)
     except (RunConflict, MediaError) as err:

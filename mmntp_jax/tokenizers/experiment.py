@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmntp_jax.config import CheckpointConfig, ConfigError, MeshConfig, OptimConfig, _check_type, apply_overrides, from_dict, load_experiment, mesh_shape
+from mmntp_jax.paths import resolve_config_paths
 from mmntp_jax.tokenizers.audio import AudioTokenizerConfig
 from mmntp_jax.tokenizers.bottleneck import QuantizerConfig
 from mmntp_jax.tokenizers.gan import GanConfig
@@ -32,7 +33,7 @@ class TokenizerDataConfig:
     ([N, T, H, W, C] in [0, 1]). train_items are generated (or cut) once; clip_seconds: audio length."""
 
     source: str = "shapes"
-    path: str = ""
+    path: str = field(default="", metadata={"path": True})
     train_items: int = 8192
     eval_items: int = 256
     seed: int = 0
@@ -63,7 +64,7 @@ class TokenizerTrainConfig:
     samples: int = 8
     ema_decay: float = 0.0
     progress: bool = True
-    compilation_cache: str = "~/.cache/mmntp_jax/xla"
+    compilation_cache: str = field(default="~/.cache/mmntp_jax/xla", metadata={"path": True})
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def load(path, overrides=(), *, device_count: int | None = None) -> TokenizerExp
     exp = load_experiment(path)
     if not isinstance(exp, TokenizerExperiment):
         raise ConfigError(f"config file {path}: get_config() returned {type(exp).__name__}, expected a TokenizerExperiment (see experiments/tokenizers/)")
-    exp = apply_overrides(exp, overrides)
+    exp = resolve_config_paths(apply_overrides(exp, overrides))
     validate(exp, device_count=device_count)
     return exp
 

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from etils import epath
 
+from mmntp_jax.paths import resolve_path
 from mmntp_jax.sharding import make_mesh
 from mmntp_jax.tokenizers import datasets, evaluation
 from mmntp_jax.tokenizers.experiment import to_json
@@ -67,7 +68,7 @@ def export(builder: TokenizerStepBuilder, state, directory) -> None:
 
 def train(exp, workdir, *, log=print) -> dict:
     """Trains (or resumes) to exp.train.steps; returns the final summary (last train and eval figures)."""
-    workdir = epath.Path(workdir)
+    workdir = epath.Path(resolve_path(workdir))
     enable_compilation_cache(exp.train.compilation_cache)
     check_workdir(workdir, exp)
     mesh = make_mesh(exp.mesh)
@@ -112,6 +113,7 @@ def _loop(builder, state, train_items, eval_items, checkpointer, writer, start, 
             idx = datasets.batch_indices(len(train_items), t.batch_size, step, t.seed)
             batch = jax.device_put(datasets.to_float(train_items[idx]), sharding)
             state, metrics = builder.train_step(state, batch)
+            checkpointer.check()
             step += 1
             window_steps += 1
             bar.update(1)

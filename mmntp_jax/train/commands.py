@@ -40,6 +40,7 @@ def run_train(args) -> int:
     import jax
 
     from mmntp_jax.config import load_config, to_json
+    from mmntp_jax.paths import resolve_path
     from mmntp_jax.sharding import use_cpu_devices
     from mmntp_jax.train.loop import train
 
@@ -50,7 +51,7 @@ def run_train(args) -> int:
     if args.print_config:
         print(to_json(config))
         return 0
-    workdir = args.workdir or f"workdirs/{config.name}"
+    workdir = args.workdir or resolve_path(f"workdirs/{config.name}")
     summary = train(config, workdir, profile_steps=args.profile_steps, log=lambda m: print(m, file=sys.stderr))
     if summary.get("interrupted"):
         return 130

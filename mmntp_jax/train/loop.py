@@ -26,6 +26,7 @@ from etils import epath
 
 from mmntp_jax.config import Config, to_json
 from mmntp_jax.data.pipeline import make_dataset
+from mmntp_jax.paths import resolve_path
 from mmntp_jax.scaling.flops import training_flops_per_step
 from mmntp_jax.sharding import make_mesh, shard_batch
 from mmntp_jax.train.checkpoint import Checkpointer
@@ -147,7 +148,7 @@ def write_run_files(workdir: epath.Path, config: Config, vocab, extra: dict) -> 
 
 def train(config: Config, workdir, *, profile_steps: str | None = None, log=print) -> dict:
     """Trains to `config.train.steps`; returns the final metrics summary."""
-    workdir = epath.Path(workdir)
+    workdir = epath.Path(resolve_path(workdir))
     profile = parse_profile_steps(profile_steps)
     enable_compilation_cache(config.train.compilation_cache)
     check_workdir_config(workdir, config)
@@ -179,10 +180,11 @@ def train(config: Config, workdir, *, profile_steps: str | None = None, log=prin
     log(f"mesh {dict(mesh.shape)}; peak {peak / 1e9:.1f} GFLOP/s ({peak_source}); {flops_step / 1e9:.2f} GFLOP per step")
     write_run_files(workdir, config, vocab, {"peak_flops": peak, "peak_flops_source": peak_source, "resumed_from": start})
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    summary = _run(config, builder, mesh, state, iterator, checkpointer, writer, start, peak, flops_step, profile, workdir, log)
-    writer.close()
-    checkpointer.close()
-    return summary
+    try:
+        return _run(config, builder, mesh, state, iterator, checkpointer, writer, start, peak, flops_step, profile, workdir, log)
+    finally:
+        writer.close()
+        checkpointer.close()
 
 
 def _run(config, builder, mesh, state, iterator, checkpointer, writer, start, peak, flops_step, profile, workdir, log):
@@ -202,6 +204,7 @@ def _run(config, builder, mesh, state, iterator, checkpointer, writer, start, pe
             batch = shard_batch(next(iterator), mesh)
             data_wait += time.perf_counter() - t0
             state, last_metrics = builder.train_step(state, batch)
+            checkpointer.check()
             step += 1
             window_steps += 1
             if profile and step == profile[1]:

@@ -1,0 +1,87 @@
+"""Path resolution: every user-given path becomes absolute once, where it enters the program.
+
+orbax and tensorstore refuse relative paths, and a relative path means something
+else once a process changes directory, so the CLI resolves every path argument
+(`resolve_path_args`), `load_config` resolves the path-valued config keys
+(`resolve_config_paths`) and the Python API resolves the workdirs it is given.
+A path with a URL scheme (`gs://…`, `s3://…`, any `scheme://`) is left as it is;
+a local one is made absolute against the current directory, with `~` expanded.
+
+A config field is path-valued when its dataclass field carries
+`metadata={"path": True}` (a plain path; "" means unset) or
+`metadata={"path": "entries"}` (a tuple of tuples whose third element, when
+present, is a path: `data.mixture`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+
+# argparse destinations that hold paths, in every command group
+PATH_ARGS = frozenset(("workdir", "config", "out", "manifest", "model", "runs", "input", "tokenizer", "images", "dir", "files", "text_tokenizer"))
+# values of those arguments that are names, not paths
+NOT_PATHS = {"text_tokenizer": ("bytes",)}
+
+
+def has_scheme(path: str) -> bool:
+    return bool(_SCHEME.match(str(path)))
+
+
+def resolve_path(path):
+    """`path` made absolute (str), `~` expanded; URLs and empty values unchanged."""
+    if path is None:
+        return None
+    text = os.fspath(path)
+    if not text or has_scheme(text):
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def resolve_path_args(args) -> None:
+    """Resolves, in place, every path-valued attribute of a parsed argparse namespace."""
+    for name in PATH_ARGS:
+        value = getattr(args, name, None)
+        if value is None or value in NOT_PATHS.get(name, ()):
+            continue
+        if isinstance(value, list):
+            setattr(args, name, [resolve_path(v) for v in value])
+        else:
+            setattr(args, name, resolve_path(value))
+
+
+def resolve_config_paths(node):
+    """A copy of the config dataclass tree with every path-valued key made absolute."""
+    changes = {}
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            resolved = resolve_config_paths(value)
+        elif isinstance(value, tuple) and any(dataclasses.is_dataclass(v) or isinstance(v, tuple) for v in value) and not f.metadata.get("path"):
+            resolved = tuple(_resolve_nested(v) for v in value)  # e.g. a sweep's ((label, DataConfig), …)
+        elif f.metadata.get("path") is True:
+            resolved = resolve_path(value)
+        elif f.metadata.get("path") == "entries":
+            resolved = tuple(_resolve_entry(e) for e in value)
+        else:
+            continue
+        if resolved != value:
+            changes[f.name] = resolved
+    return dataclasses.replace(node, **changes) if changes else node
+
+
+def _resolve_nested(value):
+    if dataclasses.is_dataclass(value):
+        return resolve_config_paths(value)
+    if isinstance(value, tuple):
+        return tuple(_resolve_nested(v) for v in value)
+    return value
+
+
+def _resolve_entry(entry):
+    if isinstance(entry, (tuple, list)) and len(entry) >= 3 and isinstance(entry[2], str):
+        return tuple(entry[:2]) + (resolve_path(entry[2]),) + tuple(entry[3:])
+    return entry
