@@ -1,6 +1,6 @@
 """Byte-level language model on the Python standard library's source (CPU, minutes).
 
-The embedded default job: `mmntp train` with no --config runs it.
+The byte-level text job (the default job is experiments/captioned.py):
 
     mmntp train --config experiments/text_stdlib.py --workdir workdirs/text_stdlib
     mmntp sample --workdir workdirs/text_stdlib --prompt "def "

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from etils import epath
 
 from mmntp_jax.config import Config, load_json
 from mmntp_jax.data.vocab import Vocab
-from mmntp_jax.model.generate import generate_ids, left_pad
+from mmntp_jax.generation.media import RunMedia
 from mmntp_jax.model.heads import logits as head_logits
 from mmntp_jax.model.init import bind, graphdef, init_params
 from mmntp_jax.paths import resolve_path
@@ -42,22 +42,32 @@ class Run:
         model = bind(self.graph, self.params)
         return head_logits(model(ids, positions, segment_ids), model.head_kernel())
 
-    def generate(self, prompt: str | list[str], max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, seed: int = 0):
-        """Continues text prompt(s); returns the new text (a list for a list of prompts)."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        encoded = [np.concatenate([[self.vocab.bos_id], self.tokenizer.encode(p)]) for p in prompts]
-        ids, seg, pos = left_pad(encoded, self.vocab.pad_id)
-        new = generate_ids(
-            self.graph, self.params, jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(pos), jax.random.key(seed),
-            max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
-        )
-        texts = [self.tokenizer.decode(_until_eos(row, self.vocab.eos_id)) for row in np.asarray(new)]
-        return texts[0] if isinstance(prompt, str) else texts
+    @functools.cached_property
+    def media(self) -> RunMedia:
+        """The run's modality tokenizers (WORKDIR/tokenizers/<modality>/)."""
+        return RunMedia(self.workdir, self.vocab)
 
+    def generate(self, prompt, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int = 0, guidance: float = 1.0, batch_size: int = 16):
+        """Continues prompts (see `generation.prompts`):
 
-def _until_eos(row: np.ndarray, eos_id: int) -> np.ndarray:
-    hits = np.flatnonzero(row == eos_id)
-    return row[: hits[0]] if hits.size else row
+        - a string → the new text; a list of strings → a list of texts;
+        - a list of segments (one prompt) → the list of generated segments, e.g.
+          `[{"type": "image", "image": [H, W, 3] array, "ids": …}]`;
+        - a list of such lists (a batch) → a list of those lists.
+        """
+        from mmntp_jax.generation.sample import generate
+
+        if isinstance(prompt, str) or (prompt and all(isinstance(p, str) for p in prompt)):
+            texts = [prompt] if isinstance(prompt, str) else list(prompt)
+            out = generate(self, texts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           seed=seed, guidance=guidance, batch_size=batch_size)
+            return out[0]["text"] if isinstance(prompt, str) else [r["text"] for r in out]
+        batch = isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, (list, tuple)) for p in prompt)
+        prompts = list(prompt) if batch else [prompt]
+        out = generate(self, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       seed=seed, guidance=guidance, batch_size=batch_size)
+        return [[r] for r in out] if batch else [out[0]]
 
 
 def load(workdir, step: int | None = None) -> Run:

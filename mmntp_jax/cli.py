@@ -15,7 +15,7 @@ import sys
 COMMAND_GROUPS = {
     "train": ("mmntp_jax.train.commands", "train a model from an experiment config"),
     "eval": ("mmntp_jax.train.commands", "evaluate a checkpoint's held-out loss"),
-    "sample": ("mmntp_jax.train.commands", "generate from a trained workdir"),
+    "sample": ("mmntp_jax.generation.commands", "generate text, images or captions from a trained workdir"),
     "tokenizer": ("mmntp_jax.tokenizers.commands", "train, evaluate and run modality tokenizers"),
     "data": ("mmntp_jax.data.commands", "prepare and inspect tokenized shards"),
     "export": ("mmntp_jax.export.commands", "export to Hugging Face safetensors or StableHLO"),
@@ -74,5 +74,7 @@ def main(argv=None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m mmntp_jax.cli`: run the importable module, so its
+    from mmntp_jax.cli import main as module_main  # CommandError is the class commands raise
+
+    sys.exit(module_main())

@@ -26,7 +26,10 @@ class ConfigError(ValueError):
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ATTENTION_IMPLS = ("xla", "reference", "blockwise")
+MASK_KINDS = ("causal", "prefix", "block")  # model.attention_mask; index = PackedBatch `mask_kind`
 SCHEDULES = ("cosine", "wsd", "constant")
+JOB_KINDS = ("", "captioned")
+LossWeights = tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,10 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention: str = "xla"
+    attention: str = "blockwise"  # fastest measured (docs/benchmarks.md); T ≤ attention_block runs xla
     attention_block: int = 512
+    # causal | prefix (bidirectional context prefix) | block (bidirectional context media blocks)
+    attention_mask: str = "causal"
     remat: str = "none"
     scan_layers: bool = True
     max_seq_len: int = 8192
@@ -72,6 +77,13 @@ class DataConfig:
     # stdlib: cut each file into pieces of at most this many bytes before the shuffle
     # (0 = whole files), so one long file does not fill many consecutive batches
     piece_bytes: int = 0
+    # the staged captioned job (job.kind="captioned"): the user's documents and held-out
+    # image/caption pairs (JSONL, docs/data.md); both empty = the embedded captioned shapes
+    manifest: str = field(default="", metadata={"path": True})
+    eval_manifest: str = field(default="", metadata={"path": True})
+    # caption dropout: the probability that a training document's context text before
+    # a trained media block is dropped (classifier-free guidance; see data/pipeline.py)
+    cfg_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -123,12 +135,51 @@ class TrainConfig:
     seed: int = 0
     z_loss: float = 1e-4
     loss_chunk: int = 0
+    # per-modality loss weights as (modality, weight) pairs, e.g. (("image", 0.5),);
+    # unlisted modalities weigh 1 (`--set train.loss_weights=text:1,image:0.5`)
+    loss_weights: tuple[tuple[str, float], ...] = ()
+    # normalise each target's softmax over its modality's ids + the legal specials only
+    modality_softmax: bool = False
     eval_every: int = 200
     eval_batches: int = 4
     log_every: int = 10
     peak_flops: float = 0.0
+    # on a CPU-only machine, train data-parallel over this many CPU devices (0 = JAX's
+    # default of one, -1 = one per core); `--cpu-devices N` overrides it
+    cpu_devices: int = 0
     compilation_cache: str = field(default="~/.cache/mmntp_jax/xla", metadata={"path": True})
     progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.loss_weights, dict):  # an experiment may write {"image": 0.5}
+            object.__setattr__(self, "loss_weights", tuple(self.loss_weights.items()))
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """The staged job `mmntp train` runs when `kind` is set (docs/job.md).
+
+    kind "captioned": image tokenizer → shards → backbone → evaluation → sample sheet, on
+    captioned images (the embedded shapes, or `data.manifest` / `data.eval_manifest`).
+    tokenizer: a trained image tokenizer folder to use; "" trains one in the workdir from
+    `tokenizer_config` (an experiment file; "" = experiments/tokenizers/image_job.py), with
+    `tokenizer_steps` / `tokenizer_items` overriding its train.steps / data.train_items when
+    > 0. items / eval_items: embedded shapes drawn for training / held out for evaluation.
+    classifier_steps: training steps of the evaluation's image classifier (0 = its default).
+    guidance: classifier-free guidance scale of the evaluation's drawings (1 = none).
+    """
+
+    kind: str = ""
+    tokenizer: str = field(default="", metadata={"path": True})
+    tokenizer_config: str = field(default="", metadata={"path": True})
+    tokenizer_steps: int = 0
+    tokenizer_items: int = 0
+    items: int = 4000
+    eval_items: int = 500
+    sheet_items: int = 8
+    generate_batch: int = 64
+    classifier_steps: int = 0
+    guidance: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -142,21 +193,27 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    job: JobConfig = field(default_factory=JobConfig)
 
 
 # ----------------------------------------------------------------------------
 # Loading and overrides
 
 
-DEFAULT_EXPERIMENT = "text_stdlib"
+DEFAULT_EXPERIMENT = "captioned"
+
+
+def repo_experiment(name: str) -> Path:
+    """experiments/<name>.py of this checkout (the files the defaults refer to)."""
+    path = Path(__file__).resolve().parent.parent / "experiments" / f"{name}.py"
+    if not path.is_file():
+        raise ConfigError(f"experiment {path} is missing; pass --config experiments/<name>.py")
+    return path
 
 
 def default_experiment_path() -> Path:
     """The no-config job: experiments/<DEFAULT_EXPERIMENT>.py of this checkout."""
-    path = Path(__file__).resolve().parent.parent / "experiments" / f"{DEFAULT_EXPERIMENT}.py"
-    if not path.is_file():
-        raise ConfigError(f"default experiment {path} is missing; pass --config experiments/<name>.py")
-    return path
+    return repo_experiment(DEFAULT_EXPERIMENT)
 
 
 def load_experiment(path: str | Path) -> Config:
@@ -213,6 +270,8 @@ def _set_path(node, parts: list[str], raw: str, full_key: str):
 def parse_value(raw: str, annotation, key: str):
     """Parses `raw` as `annotation` (int, float, bool, str, tuple)."""
     origin = typing.get_origin(annotation) or annotation
+    if annotation == LossWeights:
+        return parse_loss_weights(raw, key)
     try:
         if annotation is bool:
             lowered = raw.lower()
@@ -235,6 +294,19 @@ def parse_value(raw: str, annotation, key: str):
         hint = " (a JSON list, e.g. [1, 2])" if origin in (tuple, list) else ""
         raise ConfigError(f"config key {key!r}: cannot parse {raw!r} as {name}{hint}") from None
     raise ConfigError(f"config key {key!r}: unsupported type {annotation}")
+
+
+def parse_loss_weights(raw: str, key: str) -> LossWeights:
+    """`text:1,image:0.5`, a JSON object or list of pairs, or empty → ((modality, weight), …)."""
+    try:
+        if raw.lstrip().startswith(("{", "[")):
+            value = json.loads(raw)
+            pairs = value.items() if isinstance(value, dict) else value
+        else:
+            pairs = [item.split(":") for item in raw.split(",") if item.strip()]
+        return tuple((str(name).strip(), float(weight)) for name, weight in pairs)
+    except (ValueError, TypeError, AttributeError, json.JSONDecodeError):
+        raise ConfigError(f"config key {key!r}: cannot parse {raw!r} as modality:weight pairs, e.g. text:1,image:0.5") from None
 
 
 # ----------------------------------------------------------------------------
@@ -270,6 +342,24 @@ def _positive(node, prefix: str, names: Sequence[str]) -> None:
             raise ConfigError(f"config key '{prefix}.{name}': must be > 0, got {getattr(node, name)}")
 
 
+def check_loss_weights(weights, key: str = "train.loss_weights") -> None:
+    """Each entry a (modality, weight) pair with a known modality, once, and a finite weight ≥ 0."""
+    from mmntp_jax.data.vocab import MODALITIES
+
+    seen = set()
+    for entry in weights:
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2 or isinstance(entry[1], bool) or not isinstance(entry[1], (int, float)):
+            raise ConfigError(f"config key {key!r}: entry {entry!r} is not a (modality, weight) pair, e.g. ('image', 0.5)")
+        name, weight = entry
+        if name not in MODALITIES:
+            raise ConfigError(f"config key {key!r}: unknown modality {name!r}; valid modalities: {', '.join(MODALITIES)}")
+        if name in seen:
+            raise ConfigError(f"config key {key!r}: modality {name!r} is given twice")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ConfigError(f"config key {key!r}: weight of {name!r} must be a finite number ≥ 0, got {weight}")
+        seen.add(name)
+
+
 def mesh_shape(mesh: MeshConfig, device_count: int) -> dict[str, int]:
     """Resolves a -1 axis so the mesh covers `device_count` devices exactly."""
     sizes = mesh.axis_sizes()
@@ -302,7 +392,16 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
     _choice(m.param_dtype, DTYPES, "model.param_dtype")
     _choice(m.remat, REMAT_POLICIES, "model.remat")
     _choice(m.attention, ATTENTION_IMPLS, "model.attention")
+    _choice(m.attention_mask, MASK_KINDS, "model.attention_mask")
+    for k, entry in enumerate(d.mixture):
+        if isinstance(entry, (tuple, list)) and len(entry) == 4:
+            _choice(entry[3], MASK_KINDS, f"data.mixture[{k}] mask kind")
     _choice(o.schedule, SCHEDULES, "optim.schedule")
+    _choice(config.job.kind, JOB_KINDS, "job.kind")
+    _positive(config.job, "job", ["items", "eval_items", "sheet_items", "generate_batch"])
+    if bool(d.manifest) != bool(d.eval_manifest):
+        raise ConfigError("config keys 'data.manifest' and 'data.eval_manifest': give both (training documents and held-out pairs) or neither")
+    check_loss_weights(t.loss_weights)
     from mmntp_jax.data.sources import SOURCES
 
     _choice(d.source, tuple(SOURCES), "data.source")
@@ -314,6 +413,10 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
         raise ConfigError(f"config key 'model.head_dim': RoPE needs an even head dim, got {m.resolved_head_dim}")
     if t.seq_len > m.max_seq_len:
         raise ConfigError(f"config key 'train.seq_len': {t.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+    if t.cpu_devices < -1:
+        raise ConfigError(f"config key 'train.cpu_devices': expected 0 (default), -1 (one per core) or a count ≥ 1, got {t.cpu_devices}")
+    if not 0.0 <= d.cfg_dropout < 1.0:
+        raise ConfigError(f"config key 'data.cfg_dropout': must be in [0, 1), got {d.cfg_dropout}")
     if not 0.0 <= d.eval_fraction < 1.0:
         raise ConfigError(f"config key 'data.eval_fraction': must be in [0, 1), got {d.eval_fraction}")
     if d.piece_bytes < 0 or (d.piece_bytes and d.source != "stdlib"):

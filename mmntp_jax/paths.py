@@ -22,7 +22,7 @@ import re
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
 # argparse destinations that hold paths, in every command group
-PATH_ARGS = frozenset(("workdir", "config", "out", "manifest", "model", "runs", "input", "tokenizer", "images", "dir", "files", "text_tokenizer"))
+PATH_ARGS = frozenset(("workdir", "config", "out", "manifest", "model", "runs", "input", "tokenizer", "images", "image", "audio", "dir", "files", "text_tokenizer"))
 # values of those arguments that are names, not paths
 NOT_PATHS = {"text_tokenizer": ("bytes",)}
 
@@ -45,11 +45,9 @@ def resolve_path_args(args) -> None:
     """Resolves, in place, every path-valued attribute of a parsed argparse namespace."""
     for name in PATH_ARGS:
         value = getattr(args, name, None)
-        if value is None or value in NOT_PATHS.get(name, ()):
-            continue
-        if isinstance(value, list):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
             setattr(args, name, [resolve_path(v) for v in value])
-        else:
+        elif isinstance(value, str) and value not in NOT_PATHS.get(name, ()):  # not e.g. `import hf --image 16384`
             setattr(args, name, resolve_path(value))
 
 

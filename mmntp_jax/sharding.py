@@ -12,6 +12,8 @@ the logical axis `layers` (never sharded).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from flax import nnx
@@ -51,6 +53,14 @@ def use_cpu_devices(count: int | None) -> None:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError as err:
         raise RuntimeError(f"--cpu-devices {count}: JAX has already started ({err})") from None
+
+
+def cpu_device_count(setting: int) -> int | None:
+    """`train.cpu_devices` → a count for `use_cpu_devices`: 0 = JAX's default (None),
+    -1 = one device per core of this machine, N = N."""
+    if setting == 0:
+        return None
+    return os.cpu_count() or 1 if setting == -1 else setting
 
 
 def make_mesh(mesh_config: MeshConfig, devices=None) -> jax.sharding.Mesh:

@@ -68,13 +68,13 @@ def test_mesh_fill_axis_and_json_round_trip():
 
 
 def test_default_experiment_and_print_config():
-    assert default_experiment_path().name == "text_stdlib.py"
+    assert default_experiment_path().name == "captioned.py"
     out = subprocess.run(
         [sys.executable, "-m", "mmntp_jax.cli", "train", "--print-config", "--set", "model.n_layers=3"],
         capture_output=True, text=True, check=True,
     )
     printed = json.loads(out.stdout)
-    assert printed["model"]["n_layers"] == 3 and printed["name"] == "text_stdlib"
+    assert printed["model"]["n_layers"] == 3 and printed["name"] == "captioned" and printed["job"]["kind"] == "captioned"
     bad = subprocess.run([sys.executable, "-m", "mmntp_jax.cli", "train", "--print-config", "--set", "model.bogus=1"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("mmntp train: error: unknown config key 'model.bogus'")

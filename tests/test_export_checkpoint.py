@@ -29,8 +29,8 @@ def sharded(tmp_path_factory):
     for modality in ("image", "audio"):
         folder = workdir / "tokenizers" / modality
         folder.mkdir(parents=True)
-        (folder / "config.json").write_text(json.dumps({"modality": modality}))
-        (folder / "model.safetensors").write_bytes(modality.encode() * 10)
+        (folder / "tokenizer.json").write_text(json.dumps({"modality": modality}))
+        (folder / "tokenizer.safetensors").write_bytes(modality.encode() * 10)
     return workdir, params, vocab
 
 
@@ -61,7 +61,7 @@ def test_consolidate_bfloat16_params_only(sharded, tmp_path):
         assert got.dtype == ml_dtypes.bfloat16
         np.testing.assert_array_equal(got, value.astype(ml_dtypes.bfloat16))
     assert load(tmp_path / "c").vocab == vocab
-    assert (tmp_path / "c" / "tokenizers" / "image" / "model.safetensors").exists()
+    assert (tmp_path / "c" / "tokenizers" / "image" / "tokenizer.safetensors").exists()
 
 
 def test_export_bundle_copies_modality_tokenizers_and_explains_the_vocab(sharded, tmp_path):
@@ -69,7 +69,7 @@ def test_export_bundle_copies_modality_tokenizers_and_explains_the_vocab(sharded
     summary = export_hf(workdir, tmp_path / "hf", dtype="bfloat16")
     out = tmp_path / "hf"
     for modality in ("image", "audio"):
-        assert (out / "tokenizers" / modality / "model.safetensors").read_bytes() == modality.encode() * 10
+        assert (out / "tokenizers" / modality / "tokenizer.safetensors").read_bytes() == modality.encode() * 10
     readme = (out / "README.md").read_text()
     assert f"{vocab.offset('image')} … {vocab.offset('image') + 31}" in readme and "`<boi>` `<eoi>`" in readme
     assert "tokenizers included: audio, image" in readme

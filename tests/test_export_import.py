@@ -110,8 +110,8 @@ def test_mmntp_export_import_export_is_identity(tmp_path, capsys):
     workdir, params = random_workdir(tmp_path / "wd", ModelConfig(**{**TINY, "vocab_size": vocab.size}), seed=3, vocab=vocab)
     modality = workdir / "tokenizers" / "image"
     modality.mkdir(parents=True)
-    (modality / "config.json").write_text(json.dumps({"kind": "fake"}))
-    (modality / "model.safetensors").write_bytes(b"fake weights")
+    (modality / "tokenizer.json").write_text(json.dumps({"kind": "fake"}))
+    (modality / "tokenizer.safetensors").write_bytes(b"fake weights")
     export_hf(workdir, tmp_path / "a")
     assert main(["import", "hf", "--model", str(tmp_path / "a"), "--out", str(tmp_path / "imported"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -125,7 +125,7 @@ def test_mmntp_export_import_export_is_identity(tmp_path, capsys):
     assert set(a.keys()) == set(b.keys())
     for name in a.keys():
         np.testing.assert_array_equal(a.get(name), b.get(name))
-    for name in ("config.json", "tokenizer.json", "mmntp_vocab.json", "tokenizers/image/model.safetensors"):
+    for name in ("config.json", "tokenizer.json", "mmntp_vocab.json", "tokenizers/image/tokenizer.safetensors"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 

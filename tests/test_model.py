@@ -36,12 +36,7 @@ def embedding_grad(model, ids, positions, segments, t):
 
 
 def run_from_embeddings(model, x_BTD, positions, segments):
-    b, t, _ = x_BTD.shape
-    index = jnp.broadcast_to(jnp.arange(t), (b, t))
-    mask = attention.attention_mask(segments, segments, index, index)
-    cos, sin = rope_cos_sin(positions, model.cfg.resolved_head_dim, model.cfg.rope_theta)
-    x = model._run_layers(x_BTD, lambda layer, h: layer(h, cos, sin, mask))
-    return model.norm(x)
+    return model.from_embeddings(x_BTD, positions, segments)
 
 
 @pytest.mark.parametrize("impl", ["reference", "xla", "blockwise"])
@@ -76,8 +71,8 @@ def test_attention_implementations_agree_with_dense_numpy():
     b, t, h, k, e = 2, 32, 4, 2, 16
     q, kk, v = (jax.random.normal(kx, s) for kx, s in zip(jax.random.split(key, 3), [(b, t, h, e), (b, t, k, e), (b, t, k, e)]))
     seg = jnp.array([[1] * 12 + [2] * 20, [1] * 30 + [0] * 2])
-    idx = jnp.broadcast_to(jnp.arange(t), (b, t))
-    mask = attention.attention_mask(seg, seg, idx, idx)
+    ids = attention.row_ids(seg, jnp.zeros_like(seg))
+    mask = attention.attention_mask(ids, ids)
     # numpy reference, one head at a time
     qn, kn, vn, mn = map(np.asarray, (q, kk, v, mask))
     ref = np.zeros((b, t, h, e))
@@ -88,9 +83,9 @@ def test_attention_implementations_agree_with_dense_numpy():
             p = np.exp(s - s.max(-1, keepdims=True))
             ref[bi, :, hi] = (p / p.sum(-1, keepdims=True)) @ vn[bi, :, hi // (h // k)]
     for name, out in {
-        "reference": attention.reference_attention(q, kk, v, mask),
-        "xla": attention.xla_attention(q, kk, v, mask),
-        "blockwise": attention.blockwise_attention(q, kk, v, mask, 8),
+        "reference": attention.reference_attention(q, kk, v, ids, ids),
+        "xla": attention.xla_attention(q, kk, v, ids, ids),
+        "blockwise": attention.blockwise_attention(q, kk, v, ids, 8),
     }.items():
         np.testing.assert_allclose(np.asarray(out), ref, atol=2e-5, err_msg=name)
 

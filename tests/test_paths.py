@@ -72,8 +72,9 @@ def test_every_path_argument_is_resolved(tmp_path, monkeypatch):
             missed.append(f"{' '.join(words)} {(action.option_strings or [action.dest])[0]}")
     assert not missed, f"path-like arguments not resolved at the CLI boundary: {missed}"
     monkeypatch.chdir(tmp_path)
-    args = argparse.Namespace(workdir="w", out="o", files=["a", "b"], text_tokenizer="bytes", config=None, runs="gs://b/r")
+    args = argparse.Namespace(workdir="w", out="o", files=["a", "b"], text_tokenizer="bytes", config=None, runs="gs://b/r", image=16384)
     resolve_path_args(args)
+    assert args.image == 16384  # `import hf --image N` is a count, not a path
     assert args.workdir == str(tmp_path / "w") and args.out == str(tmp_path / "o")
     assert args.files == [str(tmp_path / "a"), str(tmp_path / "b")]
     assert args.text_tokenizer == "bytes" and args.config is None and args.runs == "gs://b/r"

@@ -27,9 +27,12 @@ SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell|console)[ \t]*\n(.*?)^```", re.S
 SHORTEN = {
     ("train",): [
         "--set", "train.steps=4", "--set", "train.eval_every=4", "--set", "train.eval_batches=1",
-        "--set", "train.log_every=2", "--set", "checkpoint.every=2", "--set", "train.batch_size=4",
-        "--set", "train.seq_len=64", "--set", "model.d_model=32", "--set", "model.n_layers=1",
+        "--set", "train.log_every=2", "--set", "checkpoint.every=2", "--set", "train.batch_size=2",
+        "--set", "train.seq_len=256", "--set", "model.d_model=32", "--set", "model.n_layers=1",
         "--set", "model.d_ff=64", "--set", "model.n_heads=2", "--set", "model.n_kv_heads=1",
+        # the staged job's stages (ignored by a plain training run)
+        "--set", "job.tokenizer_steps=2", "--set", "job.tokenizer_items=32", "--set", "job.items=24",
+        "--set", "job.eval_items=6", "--set", "job.classifier_steps=10", "--set", "job.sheet_items=3",
     ],
     ("tokenizer", "train"): ["--set", "train.steps=2", "--set", "train.eval_every=2", "--set", "data.train_items=8", "--set", "data.eval_items=4"],
 }

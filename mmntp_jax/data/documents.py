@@ -5,6 +5,9 @@ A document is a dict of equal-length 1-D numpy arrays:
     modality  int    modality id of each token (0 text, 1 image, 2 audio, 3 video);
                      block markers carry the modality of their block
     loss      uint8  1 where the token is trained on as a prediction target
+    mask_kind int    optional, one for the document: its attention mask kind (an
+                     index into `config.MASK_KINDS`), set by a mixture source
+                     that has its own; absent = `model.attention_mask`
 
 Layout: <bos> segment … segment <eos>; a text segment is its ids, a media
 segment is a block `<boi> c1 … cN <eoi>` (audio <boa>/<eoa>, video <bov>/<eov>).
@@ -62,3 +65,25 @@ def check_document(doc: dict[str, np.ndarray], where: str = "document") -> None:
     for key in ("modality", "loss"):
         if len(doc[key]) != n:
             raise ValueError(f"{where}: field {key!r} has length {len(doc[key])}, expected {n} (len of 'tokens')")
+
+
+class ContextDropout:
+    """Caption dropout for classifier-free guidance (`data.cfg_dropout`): with probability
+    `p` a document that opens with context text (`loss` 0) followed by a trained media
+    block loses that text, so the model also learns the block with no context: the
+    unconditional half of guided sampling. Other documents pass unchanged. A grain
+    `random_map` transform: the draw is a function of the seed and the document's index."""
+
+    def __init__(self, p: float, begin_ids):
+        self.p, self.begin_ids = float(p), np.asarray(begin_ids)
+
+    def __call__(self, doc: dict, rng: np.random.Generator) -> dict:
+        if rng.random() >= self.p:
+            return doc
+        tokens, loss = doc["tokens"], doc["loss"]
+        opens = np.flatnonzero(np.isin(tokens, self.begin_ids))
+        if not opens.size or opens[0] <= 1 or loss[1 : opens[0]].any() or not loss[opens[0] + 1]:
+            return doc
+        keep = np.r_[0, opens[0] : tokens.size]
+        return {k: (v[keep] if isinstance(v, np.ndarray) and v.shape == tokens.shape else v) for k, v in doc.items()}
+

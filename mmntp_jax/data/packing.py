@@ -18,7 +18,12 @@ bucket of rows per space, so each placement is a binary search: O(n log T).
 Rows. `write_row(chunks, docs, T)` lays chunks out along a row. Each chunk is its
 own segment: `segment_ids` count 1, 2, … (0 = padding, only at the end),
 `positions` restart at 0, `inputs`/`targets` are the chunk's pairs, `modality`
-and `loss_mask` are those of the target token (padding: 0).
+and `loss_mask` are those of the target token (padding: 0). `block_ids` number
+the media blocks of the row 1, 2, … on their input tokens, markers included
+(0 elsewhere; see `block_ids`); a chunk's last block may lack its end marker,
+which is then only a target. `mask_kind` is the document's own attention mask
+kind (an index into `config.MASK_KINDS`, set per mixture source) or -1, which
+means `model.attention_mask`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 
 from mmntp_jax.data.vocab import BEGIN_IDS, END_IDS
 
-ROW_FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "modality")
+ROW_FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "modality", "block_ids", "mask_kind")
 
 
 class BlockTooLongError(ValueError):
@@ -47,6 +52,17 @@ def block_spans(tokens) -> np.ndarray:
     if not ok:
         raise ValueError(f"malformed blocks: begin markers at {begins[:8].tolist()}, end markers at {ends[:8].tolist()}")
     return np.stack([begins, ends], axis=1) if begins.size else np.zeros((0, 2), np.int64)
+
+
+def block_ids(tokens, first=0, xp=np):
+    """Of each token of one segment: first+1, first+2, … per media block, markers
+    included, 0 elsewhere; a block whose end marker is missing runs to the end.
+    `xp` is numpy (packing) or jax.numpy (generation)."""
+    begin = xp.isin(tokens, xp.asarray(BEGIN_IDS))
+    end = xp.isin(tokens, xp.asarray(END_IDS)).astype(xp.int32)
+    count = xp.cumsum(begin.astype(xp.int32), axis=-1)
+    inside = count - (xp.cumsum(end, axis=-1) - end) > 0
+    return xp.where(inside, first + count, 0).astype(xp.int32)
 
 
 def max_block_len(tokens) -> int:
@@ -132,6 +148,7 @@ def best_fit_decreasing(lengths, capacity: int) -> tuple[list[list[int]], list[i
 def empty_row(seq_len: int) -> dict[str, np.ndarray]:
     row = {name: np.zeros(seq_len, np.int32) for name in ROW_FIELDS}
     row["loss_mask"] = np.zeros(seq_len, np.float32)
+    row["mask_kind"][:] = -1
     return row
 
 
@@ -145,6 +162,8 @@ def write_chunk(row: dict[str, np.ndarray], doc: dict[str, np.ndarray], start: i
     row["loss_mask"][dst] = doc["loss"][start + 1 : start + length + 1]
     row["segment_ids"][dst] = segment
     row["positions"][dst] = np.arange(length, dtype=np.int32)
+    row["block_ids"][dst] = block_ids(row["inputs"][dst], first=int(row["block_ids"][:at].max(initial=0)))
+    row["mask_kind"][dst] = doc.get("mask_kind", -1)
 
 
 def write_row(chunks, docs, seq_len: int) -> dict[str, np.ndarray]:

@@ -6,13 +6,18 @@ dicts with the process-local batch `[B / process_count, T]`:
     source     `data.source` (see `sources.py`): a MapDataset of documents
     shuffle    train: a fresh permutation of the documents every epoch (seed
                `train.seed`), repeated forever; eval: in order, once
+    dropout    train, `data.cfg_dropout` > 0: a document's context text before a
+               trained media block is dropped with that probability
+               (`documents.ContextDropout`, for classifier-free guidance)
     shard      process p of n takes documents p, p+n, p+2n, … of that stream, so
                the processes' documents are disjoint and together are the stream
     pack       `WindowPackIterDataset`: best-fit-decreasing over windows of
                `data.pack_window` rows, half of them carried over; documents are
                read by `data.num_workers` processes (0: in this one, with
                `data.read_threads` threads) and packed here
-    batch      `B / process_count` rows, remainder dropped
+    batch      `B / process_count` rows; train drops the remainder (the stream is
+               endless), eval fills its last batch with empty rows (`segment_ids`
+               0, `loss_mask` 0), so no held-out row is left out
     prefetch   a background thread keeps 2 batches ready
 
 Its iterator's `get_state()` (JSON) / `set_state()` are saved with each
@@ -25,9 +30,13 @@ from __future__ import annotations
 import sys
 
 import grain
+import numpy as np
 
 from mmntp_jax.config import ConfigError
+from mmntp_jax.data.documents import ContextDropout
 from mmntp_jax.data.pack_iter import WindowPackIterDataset
+from mmntp_jax.data.packing import empty_row
+from mmntp_jax.data.vocab import BEGIN_IDS
 from mmntp_jax.data.sources import get_source
 
 PREFETCH_BATCHES = 2
@@ -49,6 +58,8 @@ def make_documents(config, split: str = "train", *, process_index: int = 0, proc
         raise ValueError(f"data.source={config.data.source}: {len(docs)} {split} documents cannot be split over {process_count} processes")
     if split == "train" and not endless:
         docs = docs.shuffle(seed=config.train.seed).repeat()
+    if split == "train" and config.data.cfg_dropout > 0:
+        docs = docs.random_map(ContextDropout(config.data.cfg_dropout, BEGIN_IDS), seed=config.train.seed)
     if process_count > 1:
         docs = docs[process_index::process_count]
     return vocab, docs
@@ -69,10 +80,27 @@ def make_dataset(config, split: str = "train", *, process_index: int = 0, proces
         read_options=grain.ReadOptions(num_threads=config.data.read_threads, prefetch_buffer_size=32 if config.data.read_threads else 0),
     )
     batch = batch_size or local_batch_size(config.train.batch_size, process_count)
-    batches = rows.batch(batch, drop_remainder=True)
+    if split == "train":
+        batches = rows.batch(batch, drop_remainder=True)
+    else:  # eval keeps every row: the last batch is filled with empty rows
+        batches = rows.batch(batch, drop_remainder=False).map(FillBatch(batch))
     if prefetch:
         batches = ThreadPrefetch(batches)
     return vocab, batches
+
+
+class FillBatch:
+    """Pads a batch of fewer than `rows` rows with empty rows (`packing.empty_row`: padding, no loss)."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+
+    def __call__(self, batch: dict) -> dict:
+        missing = self.rows - len(batch["inputs"])
+        if missing <= 0:
+            return batch
+        empty = empty_row(batch["inputs"].shape[1])
+        return {k: np.concatenate([v, np.broadcast_to(empty[k].astype(v.dtype), (missing,) + v.shape[1:])]) for k, v in batch.items()}
 
 
 class _PrefetchIterator(grain.experimental.ThreadPrefetchDatasetIterator):

@@ -12,7 +12,11 @@ grain `MapDataset` of tokenized documents (see `documents.py`):
 e.g. `(("stdlib", 0.7), ("shards", 0.3, "data/shapes"))`. For training, each
 source is shuffled and repeated on its own (seed `train.seed + k`) and the
 streams are interleaved in proportion to the weights, so the mixture is an
-endless stream; for eval the sources' eval splits are concatenated. All sources
+endless stream; for eval the sources' eval splits are concatenated. A fourth
+element gives that source its own attention mask kind (`causal`, `prefix` or
+`block`, see `model.attention_mask`), e.g. `("stdlib", 0.7, None, "causal")`
+next to `("shards", 0.3, "data/shapes", "block")` (path None or "" = `data.path`);
+its documents carry it as `mask_kind`, which packing writes to every token. All sources
 of a mixture must share one vocabulary, up to ranges that only some of them
 use: the mixture's vocabulary is the one that extends all the others.
 """
@@ -25,6 +29,7 @@ from typing import Callable
 import grain
 import numpy as np
 
+from mmntp_jax.config import MASK_KINDS
 from mmntp_jax.data import stdlib
 from mmntp_jax.data.documents import text_document
 from mmntp_jax.data.markov import markov_source
@@ -51,12 +56,28 @@ def stdlib_source(config, split: str):
 
 
 def eval_mask(n: int, eval_fraction: float) -> np.ndarray:
-    """Deterministic per-index split: True for eval documents (a hash of the index)."""
+    """Deterministic per-index split: True for eval documents (a hash of the index).
+    With eval_fraction > 0 and at least two documents, at least one is eval (the
+    lowest hash), so a small set still has a held-out loss."""
     x = np.arange(n, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) / 2.0**53 < eval_fraction
+    u = (x >> np.uint64(11)).astype(np.float64) / 2.0**53
+    mask = u < eval_fraction
+    if eval_fraction > 0 and n > 1 and not mask.any():
+        mask[np.argmin(u)] = True
+    return mask
+
+
+class _WithMaskKind:
+    """Picklable `doc → doc` with the source's attention mask kind (a MASK_KINDS index)."""
+
+    def __init__(self, kind: int):
+        self.kind = kind
+
+    def __call__(self, doc):
+        return {**doc, "mask_kind": self.kind}
 
 
 class _Take:
@@ -102,13 +123,17 @@ def mixture_source(config, split: str):
         raise ValueError("data.source=mixture needs data.mixture, e.g. (('stdlib', 0.7), ('shards', 0.3, 'data/shapes'))")
     parts, weights = [], []
     for k, entry in enumerate(entries):
-        if not 2 <= len(entry) <= 3 or entry[0] in ("mixture", None):
-            raise ValueError(f"data.mixture[{k}]={entry!r}: expected (source, weight) or (source, weight, path)")
+        if not 2 <= len(entry) <= 4 or entry[0] in ("mixture", None):
+            raise ValueError(f"data.mixture[{k}]={entry!r}: expected (source, weight), (source, weight, path) or (source, weight, path, mask kind)")
+        if len(entry) == 4 and entry[3] not in MASK_KINDS:
+            raise ValueError(f"data.mixture[{k}]: mask kind {entry[3]!r} is not one of {', '.join(MASK_KINDS)}")
         name, weight = entry[0], float(entry[1])
         if weight <= 0:
             raise ValueError(f"data.mixture[{k}]: weight must be > 0, got {weight}")
-        data = dataclasses.replace(config.data, source=name, mixture=(), path=entry[2] if len(entry) == 3 else config.data.path)
+        data = dataclasses.replace(config.data, source=name, mixture=(), path=entry[2] if len(entry) >= 3 and entry[2] else config.data.path)
         vocab, docs = get_source(name)(dataclasses.replace(config, data=data), split)
+        if len(entry) == 4:
+            docs = docs.map(_WithMaskKind(MASK_KINDS.index(entry[3])))
         if split == "train":
             docs = docs.shuffle(seed=config.train.seed + k).repeat()
         parts.append((f"{k} ({name})", vocab, docs))

@@ -1,9 +1,10 @@
 """The multimodal bundle next to an exported LM: modality tokenizers and a README.
 
 Modality tokenizers live in a workdir as
-`WORKDIR/tokenizers/<modality>/{config.json, model.safetensors}` (encoder and
-decoder weights as safetensors, architecture as JSON) and are copied as they
-are into `OUT/tokenizers/<modality>/`. The README explains the unified
+`WORKDIR/tokenizers/<modality>/{tokenizer.json, tokenizer.safetensors}` (the
+format `mmntp_jax.tokenizers.io` saves and loads: architecture as JSON, encoder
+and decoder weights as safetensors) and are copied as they are into
+`OUT/tokenizers/<modality>/`. The README explains the unified
 vocabulary and how to turn generated ids back into text and modality codes.
 """
 
@@ -13,8 +14,9 @@ import shutil
 from pathlib import Path
 
 from mmntp_jax.data.vocab import BLOCK_MARKERS, Vocab
+from mmntp_jax.tokenizers.io import CONFIG, WEIGHTS
 
-TOKENIZER_FILES = ("config.json", "model.safetensors")
+TOKENIZER_FILES = (CONFIG, WEIGHTS)
 
 
 def modality_tokenizers(workdir, vocab: Vocab) -> dict[str, Path]:
@@ -64,10 +66,10 @@ def readme(*, arch: str, dtype: str, vocab: Vocab, vocab_size: int, step: int, w
     padding = f"\nThe model has {vocab_size} output rows; ids {vocab.size} … {vocab_size - 1} belong to no range and are never produced by training.\n" if extra > 0 else ""
     modalities = [m for m, _ in vocab.ranges if m != "text"]
     decode_section = (
-        "Each modality tokenizer is a folder `tokenizers/<modality>/` with `config.json` (its architecture and\n"
-        "quantizer) and `model.safetensors` (encoder and decoder weights). Load it with mmntp_jax's tokenizer\n"
-        "loader and call `decode(params, codes)` on the local codes of one block, reshaped to the token grid\n"
-        "that `config.json` describes.\n"
+        "Each modality tokenizer is a folder `tokenizers/<modality>/` with `tokenizer.json` (its architecture and\n"
+        "quantizer) and `tokenizer.safetensors` (encoder and decoder weights). Load it with\n"
+        "`mmntp_jax.tokenizers.io.load_tokenizer(folder)` and call `decode(params, codes)` on the local codes of\n"
+        "one block, reshaped to the token grid that `tokenizer.json` describes.\n"
         if tokenizers else
         "This export carries no modality tokenizer: the workdir it came from had no `tokenizers/<modality>/` folder.\n"
     )

@@ -33,8 +33,10 @@ def write_params_workdir(folder, config, vocab, params, step: int, provenance_ex
 
     from mmntp_jax.train.metrics import provenance
 
+    from mmntp_jax.paths import resolve_config_paths
+
     folder = Path(folder)
-    (folder / "config.json").write_text(to_json(config))
+    (folder / "config.json").write_text(to_json(resolve_config_paths(config)))  # path keys stored absolute
     (folder / "vocab.json").write_text(vocab.to_json())
     (folder / "provenance.json").write_text(json.dumps(provenance(provenance_extra), indent=2))
     device = jax.devices()[0]

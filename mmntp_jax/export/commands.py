@@ -40,7 +40,7 @@ def add_parser(sub, name: str, help_text: str) -> None:
         hf.add_argument("--model", required=True, help="Hugging Face model folder (config.json + *.safetensors)")
         hf.add_argument("--out", required=True, help="new workdir")
         hf.add_argument("--force", action="store_true", help="replace a non-empty --out")
-        hf.add_argument("--config", default=None, help="experiment (.py or .json) giving the training setup (default: the default job)")
+        hf.add_argument("--config", default=None, help="experiment (.py or .json) giving the training setup (default: experiments/text_stdlib.py)")
         hf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
         for modality in ("image", "audio", "video"):
             hf.add_argument(f"--{modality}", type=int, default=0, metavar="N", help=f"add a range of N {modality} codes to the vocabulary")
@@ -90,10 +90,10 @@ def run_export_stablehlo(args) -> int:
 
 
 def run_import_hf(args) -> int:
-    from mmntp_jax.config import load_config
+    from mmntp_jax.config import load_config, repo_experiment
     from mmntp_jax.export.hf_import import import_hf
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config or repo_experiment("text_stdlib"), args.overrides)
     modalities = {"image": args.image, "audio": args.audio, "video": args.video}
     summary = _call(import_hf, args.model, args.out, config=config, modalities=modalities, n_specials=args.n_specials, force=args.force)
     if summary["warning"]:

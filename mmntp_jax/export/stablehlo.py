@@ -61,7 +61,8 @@ def export_functions(cfg, params_spec, platforms=PLATFORMS):
     b, t, s = jax.export.symbolic_shape("B, T, S", constraints=("S >= T",))
     cache_dtype = DTYPES[cfg.dtype]
     kv = jax.ShapeDtypeStruct((cfg.n_layers, b, s, cfg.n_kv_heads, cfg.resolved_head_dim), cache_dtype)
-    cache = {"k": kv, "v": kv, "segment_ids": jax.ShapeDtypeStruct((cfg.n_layers, b, s), jnp.int32)}
+    ids_LBS = jax.ShapeDtypeStruct((cfg.n_layers, b, s), jnp.int32)
+    cache = {"k": kv, "v": kv, "segment_ids": ids_LBS, "groups": ids_LBS}
     tokens = jax.ShapeDtypeStruct((b, t), jnp.int32)
     exported_decode = jax.export.export(jax.jit(decode_step), platforms=platforms)(
         params_spec, tokens, tokens, tokens, cache, jax.ShapeDtypeStruct((), jnp.int32)
@@ -89,7 +90,8 @@ def manifest(cfg, vocab, step: int, dtype: str, platforms) -> dict:
         },
         "cache": {
             "layers": cfg.n_layers, "kv_heads": cfg.n_kv_heads, "head_dim": cfg.resolved_head_dim, "dtype": jnp.dtype(DTYPES[cfg.dtype]).name,
-            "init": {"k": "zeros [L, B, S, K, E]", "v": "zeros [L, B, S, K, E]", "segment_ids": "-1 [L, B, S] int32"},
+            "init": {"k": "zeros [L, B, S, K, E]", "v": "zeros [L, B, S, K, E]", "segment_ids": "-1 [L, B, S] int32",
+                     "groups": "zeros [L, B, S] int32 (bidirectional group ids; the exported step decodes causally)"},
         },
     }
 

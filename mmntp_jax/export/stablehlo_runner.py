@@ -12,7 +12,7 @@ parameters, names joined by "."), and `manifest.json`.
     forward(params, ids_BT) → logits_BTV float32
     decode_step(params, ids_BT, positions_BT, segment_ids_BT, cache, index)
         → (logits_BTV, cache): runs T tokens written at cache slot `index`
-    cache = {"k", "v": [L, B, S, K, E] zeros, "segment_ids": [L, B, S] −1}
+    cache = {"k", "v": [L, B, S, K, E] zeros, "segment_ids": [L, B, S] −1, "groups": [L, B, S] 0}
 
 Command line: `python run_stablehlo.py FOLDER --prompt 1,16,100 --new 8`
 prints the greedy continuation's ids.
@@ -79,7 +79,8 @@ class ExportedModel:
         import jax.numpy as jnp
 
         dtype = jnp.dtype(c["dtype"])
-        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "segment_ids": jnp.full(shape[:3], -1, jnp.int32)}
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "segment_ids": jnp.full(shape[:3], -1, jnp.int32),
+                "groups": jnp.zeros(shape[:3], jnp.int32)}
 
     def decode_step(self, ids_BT, positions_BT, segment_ids_BT, cache, index: int):
         as_i32 = lambda x: np.asarray(x, np.int32)

@@ -1,40 +1,102 @@
-"""Grouped-query self-attention with segment masks, RoPE, optional QK-norm and a KV cache.
+"""Grouped-query self-attention with the one mask builder, RoPE, optional QK-norm and a KV cache.
 
 Dimensions: B batch, T query time, S key time, D model dim, H query heads,
 K kv heads, G = H / K heads per kv head, E head dim.
 
-Masking: a query attends to a key iff both are in the same segment
-(`segment_ids`, so packed documents never see each other) and the key is not
-later in the row (causal). Three implementations compute the same function:
-  reference  dense einsum, the readable definition used by tests;
-  xla        `jax.nn.dot_product_attention` (native GQA) with the segment mask;
-  blockwise  causal tiles with an online softmax: blocks above the diagonal are
-             never computed and no [T, S] matrix is materialised at once.
+Masks. Every mask is built from per-token ids (`MaskIds`: segment id, index in
+the row, bidirectional group id) by one rule, `attention_mask`: a query sees a
+key iff both are in the same segment (packed documents never see each other)
+and the key is not later in the row, or both are in the same bidirectional
+group (group 0 = none). `bidirectional_groups` gives the groups of a
+`PackedBatch` for each kind of `model.attention_mask`:
+  causal  none;
+  prefix  a document's leading context: its positions up to and including the
+          first one whose target is trained (`loss_mask`);
+  block   a media block's (`block_ids`) leading context the same way, so a
+          context image `<boi> … <eoi>` is bidirectional, markers included.
+A group is a contiguous run in which every position but the last has an
+untrained target, so no position that carries a loss sees its target or
+anything after it (proof in tests/test_masks.py and docs/training.md).
+
+Three implementations compute the same function:
+  reference  dense einsum over the [B, T, S] mask, the readable definition;
+  xla        `jax.nn.dot_product_attention` (native GQA) with the dense mask;
+  blockwise  tiles of `block` with an online softmax: tiles on and below the
+             diagonal are always computed, a tile above it only when a group
+             crosses into it (`jax.lax.cond`; only its w × w corner, w =
+             block/4, when the crossing group fits there); each tile builds its
+             own mask from the ids, so no [T, S] array exists.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmntp_jax.config import MASK_KINDS
 from mmntp_jax.model.layers import RMSNorm, apply_rope, param
 from mmntp_jax.sharding import constrain
 
 NEG_INF = -1e30
+PREFIX, BLOCK = MASK_KINDS.index("prefix"), MASK_KINDS.index("block")
 
 
-def attention_mask(q_segments_BT, kv_segments_BS, q_index_BT, kv_index_BS):
-    """[B, T, S] bool: same segment and key index ≤ query index."""
-    same_BTS = q_segments_BT[:, :, None] == kv_segments_BS[:, None, :]
-    causal_BTS = q_index_BT[:, :, None] >= kv_index_BS[:, None, :]
-    return same_BTS & causal_BTS
+class MaskIds(NamedTuple):
+    """Per-token ids a mask is built from, each int32 [B, T]."""
+
+    segments: jax.Array  # document id in the row (0 padding; -1 an empty cache slot)
+    index: jax.Array  # position in the row / cache
+    groups: jax.Array  # bidirectional group (0 = none)
+
+    def slice(self, start: int, stop: int) -> "MaskIds":
+        return MaskIds(*(x[:, start:stop] for x in self))
 
 
-def reference_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS):
+def row_ids(segment_ids_BT, groups_BT, offset=0) -> MaskIds:
+    """MaskIds of T tokens at row / cache positions offset … offset+T-1."""
+    b, t = segment_ids_BT.shape
+    index_BT = jnp.broadcast_to(offset + jnp.arange(t, dtype=jnp.int32), (b, t))
+    return MaskIds(segment_ids_BT, index_BT, groups_BT)
+
+
+def bidirectional_groups(segment_ids_BT, block_ids_BT, loss_mask_BT, kind_BT):
+    """int32 [B, T] group ids (0 = none; else 1 + the row index where the group starts).
+
+    `kind_BT` (a MASK_KINDS index per token, or one for all) picks the unit of
+    each token: its segment (prefix), its media block (block) or none (causal).
+    A unit's group is its leading run of untrained targets plus the first
+    trained one, the last position whose inputs are all context.
+    """
+    b, t = segment_ids_BT.shape
+    kind_BT = jnp.broadcast_to(jnp.asarray(kind_BT, jnp.int32), (b, t))
+    unit_BT = jnp.where(kind_BT == PREFIX, segment_ids_BT, jnp.where(kind_BT == BLOCK, block_ids_BT, 0))
+    unit_BT = jnp.where(segment_ids_BT > 0, unit_BT, 0)
+    index_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    changed = lambda x_BT: x_BT != jnp.roll(x_BT, 1, axis=1)
+    changed_BT = changed(unit_BT) | changed(segment_ids_BT) | changed(kind_BT)
+    start_BT = jax.lax.cummax(jnp.where(changed_BT | (index_BT == 0), index_BT, 0), axis=1)
+    trained_BT = (loss_mask_BT > 0).astype(jnp.int32)
+    before_BT = jnp.cumsum(trained_BT, axis=1) - trained_BT  # trained targets strictly before t
+    in_unit_before_BT = before_BT - jnp.take_along_axis(before_BT, start_BT, axis=1)
+    return jnp.where((unit_BT != 0) & (in_unit_before_BT == 0), start_BT + 1, 0).astype(jnp.int32)
+
+
+def attention_mask(q: MaskIds, kv: MaskIds):
+    """[B, T, S] bool: same segment, and key not later or in the query's group."""
+    same_BTS = q.segments[:, :, None] == kv.segments[:, None, :]
+    causal_BTS = q.index[:, :, None] >= kv.index[:, None, :]
+    group_BTS = (q.groups[:, :, None] == kv.groups[:, None, :]) & (q.groups[:, :, None] != 0)
+    return same_BTS & (causal_BTS | group_BTS)
+
+
+def reference_attention(q_BTHE, k_BSKE, v_BSKE, q_ids: MaskIds, kv_ids: MaskIds):
     """softmax(q·kᵀ/√E + mask)·v in float32, grouped heads by reshaping."""
     b, t, h, e = q_BTHE.shape
     k = k_BSKE.shape[2]
+    mask_BTS = attention_mask(q_ids, kv_ids)
     q_BTKGE = q_BTHE.reshape(b, t, k, h // k, e).astype(jnp.float32)
     scores_BKGTS = jnp.einsum("BTKGE,BSKE->BKGTS", q_BTKGE, k_BSKE.astype(jnp.float32)) / jnp.sqrt(e)
     scores_BKGTS = jnp.where(mask_BTS[:, None, None], scores_BKGTS, NEG_INF)
@@ -43,15 +105,17 @@ def reference_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS):
     return out_BTKGE.reshape(b, t, h, e).astype(q_BTHE.dtype)
 
 
-def xla_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS):
-    """jax.nn.dot_product_attention with the segment/causal mask (GQA native)."""
+def xla_attention(q_BTHE, k_BSKE, v_BSKE, q_ids: MaskIds, kv_ids: MaskIds):
+    """jax.nn.dot_product_attention with the dense mask (GQA native)."""
+    mask_BTS = attention_mask(q_ids, kv_ids)
     return jax.nn.dot_product_attention(q_BTHE, k_BSKE, v_BSKE, mask=mask_BTS[:, None], implementation="xla")
 
 
-def _tile(q_BTKGE, k_BSKE, v_BSKE, mask_BTS, carry):
-    """One (query block, key block) tile of the online softmax."""
+def _tile(q_BTKGE, k_BSKE, v_BSKE, q_ids, kv_ids, carry):
+    """One (query block, key block) tile of the online softmax, its mask built from the ids."""
     m_BKGT, l_BKGT, acc_BTKGE = carry
     e = q_BTKGE.shape[-1]
+    mask_BTS = attention_mask(q_ids, kv_ids)
     s_BKGTS = jnp.einsum("BTKGE,BSKE->BKGTS", q_BTKGE, k_BSKE, preferred_element_type=jnp.float32) / jnp.sqrt(e)
     s_BKGTS = jnp.where(mask_BTS[:, None, None], s_BKGTS, NEG_INF)
     m_new = jnp.maximum(m_BKGT, s_BKGTS.max(-1))
@@ -63,28 +127,58 @@ def _tile(q_BTKGE, k_BSKE, v_BSKE, mask_BTS, carry):
     return m_new, l_new, acc_new
 
 
-def blockwise_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS, block: int):
-    """Causal attention over tiles of `block`; tiles above the diagonal are skipped.
+def group_crosses(ids: MaskIds, last_query: int, first_key: int):
+    """Whether a group holds both row positions (groups are contiguous runs, so any
+    query ≤ last_query sharing a group with a key ≥ first_key implies this)."""
+    g_B = ids.groups[:, last_query]
+    return jnp.any((g_B != 0) & (g_B == ids.groups[:, first_key]))
 
-    Requires T == S (training/prefill without a cache); falls back to `xla` when
-    T is not a multiple of `block` or fits in one block.
+
+def _above_diagonal(q_BTKGE, k_BSKE, v_BSKE, ids: MaskIds, qs: slice, ks: slice, carry):
+    """Tile (qs, ks) above the diagonal: skipped unless a group crosses into it;
+    when the one group crossing its corner spans at most w = block/4 positions on
+    each side, only that w × w corner is computed, else the whole tile."""
+    tile = lambda q0, k1, c: _tile(q_BTKGE[:, q0 : qs.stop], k_BSKE[:, ks.start : k1], v_BSKE[:, ks.start : k1],
+                                   ids.slice(q0, qs.stop), ids.slice(ks.start, k1), c)
+    w = (qs.stop - qs.start) // 4
+    full = lambda c: tile(qs.start, ks.stop, c)
+
+    def corner(c):  # the last w queries × the first w keys; carries: query on the last axis (m, l) or axis 1 (acc)
+        m, l, acc = tile(qs.stop - w, ks.start + w, (c[0][..., -w:], c[1][..., -w:], c[2][:, -w:]))
+        return c[0].at[..., -w:].set(m), c[1].at[..., -w:].set(l), c[2].at[:, -w:].set(acc)
+
+    wide = group_crosses(ids, qs.stop - 1, ks.start + w) | group_crosses(ids, qs.stop - 1 - w, ks.start)
+    crossing = lambda c: jax.lax.cond(wide, full, corner, c) if w else full(c)
+    return jax.lax.cond(group_crosses(ids, qs.stop - 1, ks.start), crossing, lambda c: c, carry)
+
+
+def blockwise_attention(q_BTHE, k_BSKE, v_BSKE, ids: MaskIds, block: int):
+    """Self-attention over tiles of `block` (queries and keys share `ids`, T == S).
+
+    Tiles on and below the diagonal are computed; one above it only when a
+    bidirectional group crosses into it (see `_above_diagonal`). Falls back to
+    `xla` when T is symbolic, not a multiple of `block` or fits in one block.
     """
     b, t, h, e = q_BTHE.shape
     kv = k_BSKE.shape[2]
-    if t != k_BSKE.shape[1] or t % block or t <= block:
-        return xla_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS)
+    if not isinstance(t, int) or t != k_BSKE.shape[1] or t % block or t <= block:  # symbolic (exported) T too
+        return xla_attention(q_BTHE, k_BSKE, v_BSKE, ids, ids)
     q_BTKGE = q_BTHE.reshape(b, t, kv, h // kv, e)
+    n = t // block
     outputs = []
-    for i in range(t // block):
+    for i in range(n):
         qs = slice(i * block, (i + 1) * block)
         carry = (
             jnp.full((b, kv, h // kv, block), NEG_INF, jnp.float32),
             jnp.zeros((b, kv, h // kv, block), jnp.float32),
             jnp.zeros((b, block, kv, h // kv, e), jnp.float32),
         )
-        for j in range(i + 1):
+        for j in range(n):
             ks = slice(j * block, (j + 1) * block)
-            carry = _tile(q_BTKGE[:, qs], k_BSKE[:, ks], v_BSKE[:, ks], mask_BTS[:, qs, ks], carry)
+            if j <= i:
+                carry = _tile(q_BTKGE[:, qs], k_BSKE[:, ks], v_BSKE[:, ks], ids.slice(qs.start, qs.stop), ids.slice(ks.start, ks.stop), carry)
+            else:
+                carry = _above_diagonal(q_BTKGE, k_BSKE, v_BSKE, ids, qs, ks, carry)
         _, l_BKGT, acc_BTKGE = carry
         outputs.append(acc_BTKGE / jnp.moveaxis(l_BKGT, -1, 1)[..., None])
     out_BTKGE = jnp.concatenate(outputs, axis=1)
@@ -120,32 +214,33 @@ class Attention(nnx.Module):
         v_BTKE = constrain(v_BTKE, ("batch", "length", "kv_heads", None))
         return q_BTHE, k_BTKE, v_BTKE
 
-    def attend(self, q_BTHE, k_BSKE, v_BSKE, mask_BTS):
+    def attend(self, q_BTHE, k_BTKE, v_BTKE, ids: MaskIds):
         if self.impl == "reference":
-            return reference_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS)
+            return reference_attention(q_BTHE, k_BTKE, v_BTKE, ids, ids)
         if self.impl == "blockwise":
-            return blockwise_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS, self.block)
-        return xla_attention(q_BTHE, k_BSKE, v_BSKE, mask_BTS)
+            return blockwise_attention(q_BTHE, k_BTKE, v_BTKE, ids, self.block)
+        return xla_attention(q_BTHE, k_BTKE, v_BTKE, ids, ids)
 
     def output(self, out_BTHE):
         out_BTHE = constrain(out_BTHE, ("batch", "length", "heads", None))
         return jnp.einsum("BTHE,HED->BTD", out_BTHE, self.o_proj[...].astype(out_BTHE.dtype))
 
-    def __call__(self, x_BTD, cos_BTE, sin_BTE, mask_BTS):
+    def __call__(self, x_BTD, cos_BTE, sin_BTE, ids: MaskIds):
         q_BTHE, k_BTKE, v_BTKE = self.project(x_BTD, cos_BTE, sin_BTE)
-        return self.output(self.attend(q_BTHE, k_BTKE, v_BTKE, mask_BTS))
+        return self.output(self.attend(q_BTHE, k_BTKE, v_BTKE, ids))
 
-    def decode(self, x_BTD, cos_BTE, sin_BTE, cache, index, q_segments_BT):
-        """Attends T new tokens written at `index` of the cache {k, v, segment_ids}."""
+    def decode(self, x_BTD, cos_BTE, sin_BTE, cache, index, q_ids: MaskIds):
+        """Attends T new tokens written at `index` of the cache {k, v, segment_ids, groups}.
+
+        `q_ids` are the new tokens' ids (index = cache slot); their segment and
+        group ids are stored next to k and v, so the same mask rule applies.
+        """
         q_BTHE, k_BTKE, v_BTKE = self.project(x_BTD, cos_BTE, sin_BTE)
-        k_BSKE = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BTKE.astype(cache["k"].dtype), index, axis=1)
-        v_BSKE = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BTKE.astype(cache["v"].dtype), index, axis=1)
-        seg_BS = jax.lax.dynamic_update_slice_in_dim(cache["segment_ids"], q_segments_BT, index, axis=1)
-        b, t = q_segments_BT.shape
-        s = k_BSKE.shape[1]
-        q_index_BT = jnp.broadcast_to(index + jnp.arange(t), (b, t))
-        kv_index_BS = jnp.broadcast_to(jnp.arange(s), (b, s))
-        written_BS = kv_index_BS < index + t
-        mask_BTS = attention_mask(q_segments_BT, jnp.where(written_BS, seg_BS, -1), q_index_BT, kv_index_BS)
-        out_BTHE = xla_attention(q_BTHE, k_BSKE.astype(q_BTHE.dtype), v_BSKE.astype(q_BTHE.dtype), mask_BTS)
-        return self.output(out_BTHE), {"k": k_BSKE, "v": v_BSKE, "segment_ids": seg_BS}
+        write = lambda name, x: jax.lax.dynamic_update_slice_in_dim(cache[name], x.astype(cache[name].dtype), index, axis=1)
+        new_cache = {"k": write("k", k_BTKE), "v": write("v", v_BTKE), "segment_ids": write("segment_ids", q_ids.segments),
+                     "groups": write("groups", q_ids.groups)}
+        kv_ids = row_ids(new_cache["segment_ids"], new_cache["groups"])
+        written_BS = kv_ids.index < index + q_ids.index.shape[1]
+        kv_ids = kv_ids._replace(segments=jnp.where(written_BS, kv_ids.segments, -1))
+        k_BSKE, v_BSKE = new_cache["k"].astype(q_BTHE.dtype), new_cache["v"].astype(q_BTHE.dtype)
+        return self.output(xla_attention(q_BTHE, k_BSKE, v_BSKE, q_ids, kv_ids)), new_cache

@@ -1,11 +1,25 @@
-"""KV-cache decoding: greedy and temperature/top-k sampling, optional modality constraints.
+"""KV-cache decoding, the one sampler: greedy, temperature, top-k, top-p, a block grammar, guidance.
 
 Dimensions: B batch, P prompt length, N new tokens, S cache length, V vocab.
 
 Prompts of different lengths are left-padded: padding gets segment id 0 and
 real tokens segment 1, so padding is never attended to, and positions count
 from each prompt's first real token. The prompt is run once (prefill), then
-one token per step under `jax.lax.fori_loop`, reusing the cache.
+one token per step under `jax.lax.fori_loop`, reusing the cache; shapes are
+static, so one compiled program serves every batch of the same size.
+
+Each step samples only the ids `BlockRules` allows after what came before
+(inside a media block: that modality's codes, the exact block length, then its
+end marker); a row that has emitted `<eos>` emits `<pad>` from then on.
+Classifier-free guidance runs each prompt beside its context-free version and
+samples from cond + (S − 1)·(cond − free).
+
+Masks: the prefill uses the model's `attention_mask` kind through the one
+builder, with the prompt's loss mask as training would have it (`prompt_groups`):
+its tokens are context except the last one (it predicts the first new token)
+and, when the prompt ends inside an open media block, that block and the token
+before it. So a context image in the prompt is bidirectional exactly as in the
+full forward; new tokens are causal.
 """
 
 from __future__ import annotations
@@ -16,15 +30,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mmntp_jax.data.packing import block_ids
+from mmntp_jax.data.vocab import END_IDS
 from mmntp_jax.model.heads import logits as head_logits
 from mmntp_jax.model.init import bind
 
 
-def left_pad(prompts: list[np.ndarray], pad_id: int = 0):
-    """ids [B, P], segment ids [B, P] (0 padding, 1 real), positions [B, P]."""
+def left_pad(prompts: list[np.ndarray], pad_id: int = 0, length: int = 0):
+    """ids [B, P], segment ids [B, P] (0 padding, 1 real), positions [B, P];
+    P = the longest prompt, or `length` when that is longer."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    p = max(len(x) for x in prompts)
+    p = max(length, max(len(x) for x in prompts))
     ids = np.full((len(prompts), p), pad_id, np.int32)
     seg = np.zeros((len(prompts), p), np.int32)
     pos = np.zeros((len(prompts), p), np.int32)
@@ -35,49 +52,102 @@ def left_pad(prompts: list[np.ndarray], pad_id: int = 0):
     return ids, seg, pos
 
 
-def sample_token(logits_BV, key, temperature: float, top_k: int, allowed_V=None):
-    """Greedy when temperature == 0; else softmax(logits / T) restricted to top-k."""
-    logits_BV = logits_BV.astype(jnp.float32)
-    if allowed_V is not None:
-        logits_BV = jnp.where(allowed_V, logits_BV, -jnp.inf)
-    if temperature == 0.0:
-        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+def prompt_loss_mask(ids_BP, segments_BP):
+    """(float32 [B, P] 1 where the prompt's target would be trained, block ids [B, P])."""
+    p = ids_BP.shape[1]
+    blocks_BP = block_ids(ids_BP, xp=jnp) * (segments_BP > 0)
+    last_B = blocks_BP[:, -1]
+    open_B = (last_B != 0) & ~jnp.isin(ids_BP[:, -1], jnp.asarray(END_IDS))
+    first_B = jnp.argmax(blocks_BP == last_B[:, None], axis=1)
+    trained_from_B = jnp.where(open_B, first_B - 1, p - 1)
+    return (jnp.arange(p)[None] >= trained_from_B[:, None]).astype(jnp.float32), blocks_BP
+
+
+def prompt_groups(model, ids_BP, segments_BP):
+    """Bidirectional group ids [B, P] of left-padded prompts under the model's mask kind."""
+    loss_BP, blocks_BP = prompt_loss_mask(ids_BP, segments_BP)
+    return model.groups(segments_BP, blocks_BP, loss_BP)
+
+
+def filter_logits(logits_BV, temperature: float, top_k: int, top_p: float):
+    """Logits / T with everything outside the top-k and the top-p nucleus at -inf."""
     logits_BV = logits_BV / temperature
     if top_k:
         kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
         logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-    return jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
+    if top_p < 1.0:
+        sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+        before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV  # mass of the ids ranked above
+        kept_B = jnp.maximum(jnp.sum(before_BV < top_p, axis=-1), 1)
+        cutoff_B1 = jnp.take_along_axis(sorted_BV, kept_B[:, None] - 1, axis=-1)
+        logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+    return logits_BV
 
 
-@functools.partial(jax.jit, static_argnames=("graph", "max_new_tokens", "temperature", "top_k"))
-def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, allowed_V=None):
-    """Returns [B, N] new token ids continuing each (left-padded) prompt."""
+def sample_token(logits_BV, key, temperature: float, top_k: int = 0, top_p: float = 1.0, allowed_BV=None):
+    """Greedy when temperature == 0; else softmax(logits / T) over the top-k / top-p ids.
+    `allowed_BV` (bool, broadcastable) removes every other id first."""
+    logits_BV = logits_BV.astype(jnp.float32)
+    if allowed_BV is not None:
+        logits_BV = jnp.where(allowed_BV, logits_BV, -jnp.inf)
+    if temperature == 0.0:
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, filter_logits(logits_BV, temperature, top_k, top_p), axis=-1).astype(jnp.int32)
+
+
+def guided(logits_BV, guidance: float):
+    """Classifier-free guidance over a batch [conditional rows; context-free rows]:
+    cond + (S − 1)·(cond − free) for each pair (S = 1 gives cond exactly)."""
+    cond_BV, free_BV = jnp.split(logits_BV, 2, axis=0)
+    return cond_BV + (guidance - 1.0) * (cond_BV - free_BV)
+
+
+@functools.partial(jax.jit, static_argnames=("graph", "max_new_tokens", "temperature", "top_k", "top_p", "rules", "guidance"))
+def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, rules=None, block_B=None, filled_B=None, guidance: float | None = None):
+    """Returns [B, N] new token ids continuing each (left-padded) prompt.
+
+    rules: a `BlockRules`; each step samples only ids it allows, from the state
+    (`block_B`, `filled_B`, see `BlockRules.state_after`) at the end of each prompt;
+    after `<eos>` a row emits `<pad>` (id 0). guidance: the batch is [B/2
+    conditional prompts; their B/2 context-free versions]; each pair's logits are
+    combined by `guided`, and both rows get the pair's token (outputs of both halves
+    are equal; callers read the first).
+    """
     model = bind(graph, params)
     b, p = ids_BP.shape
+    v = model.head_kernel().shape[-1]
     cache = model.init_cache(b, p + max_new_tokens)
-    hidden_BPD, cache = model.decode(ids_BP, positions_BP, segments_BP, cache, 0)
+    hidden_BPD, cache = model.decode(ids_BP, positions_BP, segments_BP, cache, 0, prompt_groups(model, ids_BP, segments_BP))
     w_DV = model.head_kernel()
     next_pos_B = positions_BP[:, -1] + 1
-    first = sample_token(head_logits(hidden_BPD[:, -1:], w_DV)[:, 0], jax.random.fold_in(key, 0), temperature, top_k, allowed_V)
+    rows = b // 2 if guidance is not None else b
+    state = (jnp.full((rows,), -1, jnp.int32) if block_B is None else block_B[:rows], jnp.zeros((rows,), jnp.int32) if filled_B is None else filled_B[:rows],
+             jnp.zeros((rows,), bool))
+
+    def pick(hidden_B1D, i, state):
+        logits_BV = head_logits(hidden_B1D, w_DV)[:, 0].astype(jnp.float32)
+        logits_BV = guided(logits_BV, guidance) if guidance is not None else logits_BV
+        block, filled, ended = state
+        allowed_BV = rules.allowed(block, filled, v) if rules is not None else jnp.ones((rows, v), bool)
+        allowed_BV = jnp.where(ended[:, None], jnp.arange(v) == 0, allowed_BV)
+        token_B = sample_token(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p, allowed_BV)
+        block, filled = rules.advance(block, filled, token_B) if rules is not None else (block, filled)
+        ended = ended | (token_B == 2)  # <eos>
+        token_B = jnp.concatenate([token_B, token_B]) if guidance is not None else token_B
+        return token_B, (block, filled, ended)
+
+    first, state = pick(hidden_BPD[:, -1:], 0, state)
     out_BN = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
 
     def body(i, carry):
-        out_BN, cache = carry
+        out_BN, cache, state = carry
         token_B1 = jax.lax.dynamic_slice_in_dim(out_BN, i - 1, 1, axis=1)
         pos_B1 = (next_pos_B + i - 1)[:, None]
         hidden_B1D, cache = model.decode(token_B1, pos_B1, jnp.ones((b, 1), jnp.int32), cache, p + i - 1)
-        token = sample_token(head_logits(hidden_B1D, w_DV)[:, 0], jax.random.fold_in(key, i), temperature, top_k, allowed_V)
-        return out_BN.at[:, i].set(token), cache
+        token, state = pick(hidden_B1D, i, state)
+        return out_BN.at[:, i].set(token), cache, state
 
-    out_BN, _ = jax.lax.fori_loop(1, max_new_tokens, body, (out_BN, cache))
+    out_BN, _, _ = jax.lax.fori_loop(1, max_new_tokens, body, (out_BN, cache, state))
     return out_BN
-
-
-def modality_mask(vocab, modality: str, vocab_size: int, *, extra_tokens=()) -> np.ndarray:
-    """[V] bool allowing only `modality`'s id range (plus `extra_tokens` such as an end marker)."""
-    allowed = np.zeros(vocab_size, bool)
-    start = vocab.offset(modality)
-    allowed[start : start + vocab.range_size(modality)] = True
-    for token in extra_tokens:
-        allowed[vocab.special(token) if isinstance(token, str) else token] = True
-    return allowed

@@ -10,6 +10,11 @@ Parameter tree (HF Llama names, kernels [in, out], layers stacked on axis 0):
     layers.mlp.{gate,up}_proj [L, D, F], down_proj [L, F, D]
     norm.weight [D];  lm_head [D, V] unless tie_embeddings
 
+Masks: `__call__` takes the PackedBatch fields the mask needs (segment_ids,
+block_ids, loss_mask and the optional per-token mask_kind, -1 = this model's
+`attention_mask`) and builds the per-token `MaskIds` once with the one builder
+in attention.py; every layer builds its mask (or its tiles' masks) from them.
+
 Layers run under `jax.lax.scan` over the stacked parameters (compile time flat
 in depth) with a configurable remat policy; `scan_layers=False` unrolls the
 same parameters in a Python loop.
@@ -21,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmntp_jax.model.attention import Attention, attention_mask
+from mmntp_jax.config import MASK_KINDS
+from mmntp_jax.model.attention import Attention, MaskIds, bidirectional_groups, row_ids
 from mmntp_jax.model.layers import MLP, Embedding, RMSNorm, param, rope_cos_sin
 from mmntp_jax.sharding import constrain
 
@@ -41,13 +47,13 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
         self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.init_std, out_std, rngs=rngs)
 
-    def __call__(self, x_BTD, cos_BTE, sin_BTE, mask_BTS):
-        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), cos_BTE, sin_BTE, mask_BTS)
+    def __call__(self, x_BTD, cos_BTE, sin_BTE, ids: MaskIds):
+        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), cos_BTE, sin_BTE, ids)
         x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
         return constrain(x_BTD, ("batch", "length", None))
 
-    def decode(self, x_BTD, cos_BTE, sin_BTE, cache, index, segments_BT):
-        h_BTD, cache = self.self_attn.decode(self.input_layernorm(x_BTD), cos_BTE, sin_BTE, cache, index, segments_BT)
+    def decode(self, x_BTD, cos_BTE, sin_BTE, cache, index, q_ids: MaskIds):
+        h_BTD, cache = self.self_attn.decode(self.input_layernorm(x_BTD), cos_BTE, sin_BTE, cache, index, q_ids)
         x_BTD = x_BTD + h_BTD
         return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD)), cache
 
@@ -91,20 +97,37 @@ class Transformer(nnx.Module):
             x_BTD, _ = step(x_BTD, jax.tree.map(lambda a: a[i], state))
         return x_BTD
 
-    def __call__(self, ids_BT, positions_BT=None, segment_ids_BT=None):
-        b, t = ids_BT.shape
-        index_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        positions_BT = index_BT if positions_BT is None else positions_BT
-        segment_ids_BT = jnp.ones((b, t), jnp.int32) if segment_ids_BT is None else segment_ids_BT
-        mask_BTS = attention_mask(segment_ids_BT, segment_ids_BT, index_BT, index_BT)
-        cos_BTE, sin_BTE = rope_cos_sin(positions_BT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
+    def groups(self, segment_ids_BT, block_ids_BT=None, loss_mask_BT=None, mask_kind_BT=None):
+        """Bidirectional group ids [B, T] of a batch under this model's mask kind(s).
+
+        Without `loss_mask` every target counts as trained, so nothing is
+        bidirectional; `mask_kind` -1 (or None) means `cfg.attention_mask`.
+        """
+        if loss_mask_BT is None:
+            return jnp.zeros_like(segment_ids_BT)
+        default = MASK_KINDS.index(self.cfg.attention_mask)
+        kind_BT = default if mask_kind_BT is None else jnp.where(mask_kind_BT < 0, default, mask_kind_BT)
+        block_ids_BT = jnp.zeros_like(segment_ids_BT) if block_ids_BT is None else block_ids_BT
+        return bidirectional_groups(segment_ids_BT, block_ids_BT, loss_mask_BT, kind_BT)
+
+    def __call__(self, ids_BT, positions_BT=None, segment_ids_BT=None, block_ids_BT=None, loss_mask_BT=None, mask_kind_BT=None):
+        """Hidden states [B, T, D]; the optional fields are those of a PackedBatch."""
         x_BTD = constrain(self.embed_tokens(ids_BT, self.compute_dtype), ("batch", "length", None))
-        x_BTD = self._run_layers(x_BTD, lambda layer, x: layer(x, cos_BTE, sin_BTE, mask_BTS))
+        return self.from_embeddings(x_BTD, positions_BT, segment_ids_BT, block_ids_BT, loss_mask_BT, mask_kind_BT)
+
+    def from_embeddings(self, x_BTD, positions_BT=None, segment_ids_BT=None, block_ids_BT=None, loss_mask_BT=None, mask_kind_BT=None):
+        """The layers and final norm on input embeddings [B, T, D] (tests differentiate through it)."""
+        b, t, _ = x_BTD.shape
+        positions_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)) if positions_BT is None else positions_BT
+        segment_ids_BT = jnp.ones((b, t), jnp.int32) if segment_ids_BT is None else segment_ids_BT
+        ids = row_ids(segment_ids_BT, self.groups(segment_ids_BT, block_ids_BT, loss_mask_BT, mask_kind_BT))
+        cos_BTE, sin_BTE = rope_cos_sin(positions_BT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
+        x_BTD = self._run_layers(x_BTD, lambda layer, x: layer(x, cos_BTE, sin_BTE, ids))
         return self.norm(x_BTD)
 
     # -- KV-cache decoding ---------------------------------------------------
     def init_cache(self, batch: int, length: int, dtype=None):
-        """Stacked per-layer cache: k, v [L, B, S, K, E] and key segment ids [L, B, S]."""
+        """Stacked per-layer cache: k, v [L, B, S, K, E], key segment ids and group ids [L, B, S]."""
         cfg = self.cfg
         dtype = dtype or self.compute_dtype
         shape = (cfg.n_layers, batch, length, cfg.n_kv_heads, cfg.resolved_head_dim)
@@ -112,17 +135,25 @@ class Transformer(nnx.Module):
             "k": jnp.zeros(shape, dtype),
             "v": jnp.zeros(shape, dtype),
             "segment_ids": jnp.full((cfg.n_layers, batch, length), -1, jnp.int32),
+            "groups": jnp.zeros((cfg.n_layers, batch, length), jnp.int32),
         }
 
-    def decode(self, ids_BT, positions_BT, segment_ids_BT, cache, index):
-        """Runs T new tokens at cache slot `index`; returns (hidden [B, T, D], new cache)."""
+    def decode(self, ids_BT, positions_BT, segment_ids_BT, cache, index, groups_BT=None):
+        """Runs T new tokens at cache slot `index`; returns (hidden [B, T, D], new cache).
+
+        `groups_BT` (from `groups`, e.g. a prompt's context block prefilled at
+        once) makes tokens of one call see each other as in the full forward;
+        None = causal, as for newly decoded tokens.
+        """
+        groups_BT = jnp.zeros_like(segment_ids_BT) if groups_BT is None else groups_BT
+        q_ids = row_ids(segment_ids_BT, groups_BT, index)
         cos_BTE, sin_BTE = rope_cos_sin(positions_BT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
         x_BTD = self.embed_tokens(ids_BT, self.compute_dtype)
         graphdef, state = nnx.split(self.layers)
 
         def step(x, layer_and_cache):
             layer_state, layer_cache = layer_and_cache
-            x, new_cache = nnx.merge(graphdef, layer_state).decode(x, cos_BTE, sin_BTE, layer_cache, index, segment_ids_BT)
+            x, new_cache = nnx.merge(graphdef, layer_state).decode(x, cos_BTE, sin_BTE, layer_cache, index, q_ids)
             return x, new_cache
 
         x_BTD, cache = jax.lax.scan(step, x_BTD, (state, cache))

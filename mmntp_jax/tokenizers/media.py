@@ -84,6 +84,15 @@ def save_image(path, image_HWC: np.ndarray) -> None:
     Image.fromarray(np.clip(np.asarray(image_HWC) * 255 + 0.5, 0, 255).astype(np.uint8)).save(path)
 
 
+def save_gif(path, frames_THWC: np.ndarray, fps: int = 8) -> None:
+    """Frames in [0, 1] as an animated GIF that loops."""
+    from PIL import Image
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    frames = [Image.fromarray(np.clip(np.asarray(f) * 255 + 0.5, 0, 255).astype(np.uint8)) for f in frames_THWC]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+
+
 def image_grid(rows_NHWC: list[np.ndarray], scale: int = 2) -> np.ndarray:
     """Rows of images side by side with a 1-pixel gap, nearest-neighbour upscaled."""
     lines = []

@@ -18,15 +18,17 @@ import contextlib
 import dataclasses
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 from etils import epath
 
-from mmntp_jax.config import Config, to_json
+from mmntp_jax.config import Config, from_dict, to_json
 from mmntp_jax.data.pipeline import make_dataset
-from mmntp_jax.paths import resolve_path
+from mmntp_jax.data.vocab import MODALITIES
+from mmntp_jax.paths import resolve_config_paths, resolve_path
 from mmntp_jax.scaling.flops import training_flops_per_step
 from mmntp_jax.sharding import make_mesh, shard_batch
 from mmntp_jax.train.checkpoint import Checkpointer
@@ -34,7 +36,7 @@ from mmntp_jax.train.metrics import MetricsWriter, measure_matmul_peak, provenan
 from mmntp_jax.train.step import StepBuilder, summarize
 
 # Keys that may differ between the saved config.json and a resumed run.
-RESUMABLE_CHANGES = ("train.steps", "train.progress", "train.compilation_cache", "train.peak_flops", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
+RESUMABLE_CHANGES = ("train.steps", "train.cpu_devices", "job.generate_batch", "job.sheet_items", "train.progress", "train.compilation_cache", "train.peak_flops", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
 
 
 class RunConflict(ValueError):
@@ -67,7 +69,9 @@ def check_workdir_config(workdir: epath.Path, config: Config) -> None:
         return
     import json
 
-    saved, current = _flatten(json.loads(path.read_text())), _flatten(json.loads(to_json(config)))
+    # keys added since the run was saved take their defaults, so an older workdir still resumes
+    saved = _flatten(json.loads(to_json(from_dict(Config, json.loads(path.read_text())))))
+    current = _flatten(json.loads(to_json(config)))
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in changed[:5])
@@ -109,9 +113,26 @@ def evaluate(builder: StepBuilder, params, config: Config, mesh) -> dict:
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     if totals is None:
         return {}
-    metrics = {k: float(v) for k, v in summarize(totals).items() if np.isfinite(v)}
+    absent = {name for name, count in zip(MODALITIES, totals["modality_tokens"]) if count == 0}
+    metrics = {k: float(v) for k, v in summarize(totals).items() if k.rpartition("/")[2] not in absent}
     metrics.pop("z_loss", None)
+    for key, value in metrics.items():  # reported as they are (null in metrics.jsonl), not dropped
+        if not np.isfinite(value):
+            warnings.warn(f"eval: {key} is {value}", RuntimeWarning, stacklevel=2)
     return metrics
+
+
+def run_losses(run, eval_batches: int | None = None) -> dict:
+    """`evaluate` for a loaded run (`mm.load`) on this host's devices, data-parallel."""
+    from mmntp_jax.train.step import StepBuilder
+
+    config = run.config
+    config = dataclasses.replace(config, mesh=dataclasses.replace(config.mesh, data=-1, fsdp=1, tensor=1, sequence=1))
+    if eval_batches:
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, eval_batches=eval_batches))
+    mesh = make_mesh(config.mesh)
+    builder = StepBuilder(config, mesh, vocab=run.vocab)
+    return evaluate(builder, jax.device_put(run.params, builder.state_shardings.params), config, mesh)
 
 
 def peak_flops(config: Config) -> tuple[float, str]:
@@ -148,14 +169,14 @@ def write_run_files(workdir: epath.Path, config: Config, vocab, extra: dict) -> 
 
 def train(config: Config, workdir, *, profile_steps: str | None = None, log=print) -> dict:
     """Trains to `config.train.steps`; returns the final metrics summary."""
-    workdir = epath.Path(resolve_path(workdir))
+    workdir, config = epath.Path(resolve_path(workdir)), resolve_config_paths(config)
     profile = parse_profile_steps(profile_steps)
     enable_compilation_cache(config.train.compilation_cache)
     check_workdir_config(workdir, config)
     mesh = make_mesh(config.mesh)
-    builder = StepBuilder(config, mesh)
     vocab, train_data = make_dataset(config, "train", process_index=jax.process_index(), process_count=jax.process_count())
     vocab.check_model_vocab(config.model.vocab_size)
+    builder = StepBuilder(config, mesh, vocab)
     checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
     iterator = iter(train_data)
     start = checkpointer.latest_step() or 0

@@ -46,6 +46,11 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, step)
 
+    def write_image(self, step: int, tag: str, image_HWC: np.ndarray) -> None:
+        """An image (uint8 or [0, 1] float, [H, W, 3]) to TensorBoard."""
+        if self.enabled and self.tb is not None:
+            self.tb.add_image(tag, np.asarray(image_HWC), step, dataformats="HWC")
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

@@ -2,16 +2,23 @@
 
 Dimensions: B batch, T time, A accumulation steps, M modalities.
 
-The loss is the mean token cross-entropy over `loss_mask` of the whole global
-batch (+ z_loss · mean log-partition²). Gradient accumulation splits the batch
+The loss is the weighted mean token cross-entropy over `loss_mask` of the whole
+global batch, Σ w·mask·ce / Σ w·mask with w the `train.loss_weights` entry of
+the target's modality (1 if unlisted, so by default the plain mean over
+`loss_mask`), + z_loss · the same weighted mean of log-partition². With
+`train.modality_softmax` each target's ce and log-partition are those of the
+softmax restricted to its legal ids (`model/legal_ids.py`, from the data's
+Vocab). Metrics per modality are unweighted means over `loss_mask` (see
+`summarize`). Gradient accumulation splits the batch
 into A strided micro-batches (row i goes to micro-batch i mod A, so each stays
 spread over the data shards), sums their gradients of the summed loss and
-divides once by the batch's token count: the update equals the un-accumulated one.
+divides once by the batch's Σ w·mask: the update equals the un-accumulated one.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
@@ -21,12 +28,14 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mmntp_jax.data.vocab import MODALITIES
-from mmntp_jax.model.heads import fused_cross_entropy, pick_chunk, token_losses
+from mmntp_jax.model.heads import RESTRICTED, fused_cross_entropy, pick_chunk, token_stats, trained
+from mmntp_jax.model.legal_ids import LegalIds
 from mmntp_jax.model.init import bind, graphdef, init_params, param_specs
 from mmntp_jax.sharding import batch_sharding
 from mmntp_jax.train.optim import global_norm, learning_rate_schedule, make_optimizer
 
 N_MODALITIES = len(MODALITIES)
+UNIT_WEIGHTS = (1.0,) * N_MODALITIES
 
 
 @struct.dataclass
@@ -37,56 +46,102 @@ class TrainState:
     rng: jax.Array
 
 
-def _sums(loss_BT, lse_BT, batch):
+def hidden_states(model, batch):
+    """The backbone on a PackedBatch; its mask comes from the batch's fields (`mask_kind` optional)."""
+    return model(batch["inputs"], batch["positions"], batch["segment_ids"], batch["block_ids"], batch["loss_mask"], batch.get("mask_kind"))
+
+
+def modality_weights(loss_weights) -> tuple[float, ...]:
+    """`train.loss_weights` pairs → one weight per modality in MODALITIES order (1 if unlisted)."""
+    given = dict(loss_weights)
+    return tuple(float(given.get(name, 1.0)) for name in MODALITIES)
+
+
+def token_weights(batch, loss_weights_M=UNIT_WEIGHTS):
+    """w(modality of the target) · loss_mask, float32 [B, T]."""
+    weight_M = jnp.asarray(loss_weights_M, jnp.float32)
+    return batch["loss_mask"].astype(jnp.float32) * weight_M[batch["modality"]]
+
+
+def _sums(stats, batch, weights_BT):
+    """Summed terms of the train loss (weighted, trained softmax) and, per modality,
+    of the full (and restricted) softmax's loss and accuracy over `loss_mask`."""
+    stats = jax.lax.stop_gradient(stats)
+    loss_BT, lse_BT = trained(stats)
     mask_BT = batch["loss_mask"].astype(jnp.float32)
-    loss_BT, lse_BT = jax.lax.stop_gradient(loss_BT), jax.lax.stop_gradient(lse_BT)
     onehot_BTM = jax.nn.one_hot(batch["modality"], N_MODALITIES, dtype=jnp.float32) * mask_BT[..., None]
-    return {
-        "loss_sum": jnp.sum(loss_BT * mask_BT),
-        "z_sum": jnp.sum(jnp.square(lse_BT) * mask_BT),
-        "weight": jnp.sum(mask_BT),
-        "modality_loss_sum": jnp.einsum("BT,BTM->M", loss_BT, onehot_BTM),
-        "modality_weight": jnp.sum(onehot_BTM, axis=(0, 1)),
+    per_modality = lambda x_BT: jnp.einsum("BT,BTM->M", x_BT, onehot_BTM)
+    sums = {
+        "loss_sum": jnp.sum(loss_BT * weights_BT),
+        "z_sum": jnp.sum(jnp.square(lse_BT) * weights_BT),
+        "weight": jnp.sum(weights_BT),
+        "tokens": jnp.sum(mask_BT),
+        "modality_tokens": jnp.sum(onehot_BTM, axis=(0, 1)),
     }
+    for suffix in ("", RESTRICTED) if f"loss{RESTRICTED}" in stats else ("",):
+        sums[f"modality_loss{suffix}_sum"] = per_modality(stats[f"loss{suffix}"])
+        sums[f"modality_correct{suffix}_sum"] = per_modality(stats[f"correct{suffix}"])
+    return sums
 
 
-def loss_sums(params, graph, batch, *, loss_chunk: int):
+def _legal_per_token(legal, batch):
+    return None if legal is None else legal.per_token(batch["targets"])
+
+
+def loss_sums(params, graph, batch, *, loss_chunk: int, legal: LegalIds | None = None, loss_weights=UNIT_WEIGHTS):
     """Summed token loss, z-loss term and token weight, in total and per modality."""
     model = bind(graph, params)
-    hidden_BTD = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-    loss_BT, lse_BT = token_losses(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk)
-    return _sums(loss_BT, lse_BT, batch)
+    hidden_BTD = hidden_states(model, batch)
+    stats = token_stats(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk, _legal_per_token(legal, batch))
+    return _sums(stats, batch, token_weights(batch, loss_weights))
 
 
-def training_objective(params, graph, batch, *, loss_chunk: int, z_loss: float, fused: bool = True):
-    """(Σ mask·loss + z·Σ mask·lse², sums): the differentiable numerator of the train loss.
+def training_objective(params, graph, batch, *, loss_chunk: int, z_loss: float, fused: bool = True,
+                       legal: LegalIds | None = None, loss_weights=UNIT_WEIGHTS):
+    """(Σ w·mask·loss + z·Σ w·mask·lse², sums): the differentiable numerator of the train loss.
 
     `fused` uses the fused linear cross-entropy (gradients formed chunk by chunk);
-    otherwise plain autodiff through `token_losses`.
+    otherwise plain autodiff through `token_stats`. `legal` restricts each
+    target's softmax to its legal ids (None: the full softmax).
     """
     model = bind(graph, params)
-    hidden_BTD = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-    mask_BT = batch["loss_mask"].astype(jnp.float32)
+    hidden_BTD = hidden_states(model, batch)
+    weights_BT = token_weights(batch, loss_weights)
+    legal_BT = _legal_per_token(legal, batch)
     if fused:
-        total, loss_BT, lse_BT = fused_cross_entropy(hidden_BTD, model.head_kernel(), batch["targets"], mask_BT, z_loss, loss_chunk)
+        total, stats = fused_cross_entropy(hidden_BTD, model.head_kernel(), batch["targets"], weights_BT, z_loss, loss_chunk, legal_BT)
     else:
-        loss_BT, lse_BT = token_losses(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk)
-        total = jnp.sum(loss_BT * mask_BT) + z_loss * jnp.sum(jnp.square(lse_BT) * mask_BT)
-    return total, _sums(loss_BT, lse_BT, batch)
+        stats = token_stats(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk, legal_BT)
+        loss_BT, lse_BT = trained(stats)
+        total = jnp.sum(loss_BT * weights_BT) + z_loss * jnp.sum(jnp.square(lse_BT) * weights_BT)
+    return total, _sums(stats, batch, weights_BT)
+
+
+def data_vocab(config):
+    """The Vocab of `config`'s training data (when the caller has none at hand)."""
+    from mmntp_jax.data.pipeline import make_documents
+
+    return make_documents(config, "train")[0]
 
 
 class StepBuilder:
-    """Builds the optimizer, state shardings and jitted steps for one config and mesh."""
+    """Builds the optimizer, state shardings and jitted steps for one config and mesh.
 
-    def __init__(self, config, mesh):
+    `vocab` (the data's Vocab) gives the id ranges of `train.modality_softmax`;
+    without it they are read from the data source when that option is on.
+    """
+
+    def __init__(self, config, mesh, vocab=None):
         self.config, self.mesh = config, mesh
+        self.loss_weights = modality_weights(config.train.loss_weights)
+        self.legal = LegalIds.from_vocab(vocab if vocab is not None else data_vocab(config)) if config.train.modality_softmax else None
         self.graph = graphdef(config.model)
         self.optimizer = make_optimizer(config.optim, config.train.steps)
         self.schedule = learning_rate_schedule(config.optim, config.train.steps)
         self.loss_chunk = pick_chunk(config.train.seq_len, config.model.vocab_size, config.train.loss_chunk)
         self.fused_loss = True
         self.state_shardings = self._state_shardings()
-        self.batch_shardings = {k: batch_sharding(mesh) for k in ("inputs", "targets", "segment_ids", "positions", "loss_mask", "modality")}
+        self.batch_shardings = batch_sharding(mesh)  # every PackedBatch field, whichever are present
 
     # -- state ---------------------------------------------------------------
     def _state_shardings(self):
@@ -120,11 +175,13 @@ class StepBuilder:
     # -- steps ---------------------------------------------------------------
     def _grads(self, params, batch):
         accum = self.config.optim.grad_accum
-        total_weight = jnp.maximum(jnp.sum(batch["loss_mask"]), 1.0)
+        total_weight = jnp.sum(token_weights(batch, self.loss_weights))
+        total_weight = jnp.where(total_weight > 0, total_weight, 1.0)
         z = self.config.train.z_loss
 
         def objective(p, micro):
-            total, sums = training_objective(p, self.graph, micro, loss_chunk=self.loss_chunk, z_loss=z, fused=self.fused_loss)
+            total, sums = training_objective(p, self.graph, micro, loss_chunk=self.loss_chunk, z_loss=z, fused=self.fused_loss,
+                                             legal=self.legal, loss_weights=self.loss_weights)
             return total / total_weight, sums
 
         grad_fn = jax.grad(objective, has_aux=True)
@@ -161,15 +218,28 @@ class StepBuilder:
 
     @functools.cached_property
     def eval_step(self):
-        fn = lambda params, batch: loss_sums(params, self.graph, batch, loss_chunk=self.loss_chunk)
+        fn = lambda params, batch: loss_sums(params, self.graph, batch, loss_chunk=self.loss_chunk, legal=self.legal, loss_weights=self.loss_weights)
         return jax.jit(fn, in_shardings=(self.state_shardings.params, self.batch_shardings))
 
 
 def summarize(sums) -> dict:
-    """Mean losses from summed terms: loss, z_loss and loss/<modality> where present."""
-    weight = jnp.maximum(sums["weight"], 1.0)
-    metrics = {"loss": sums["loss_sum"] / weight, "z_loss": sums["z_sum"] / weight, "tokens": sums["weight"]}
-    for i, name in enumerate(MODALITIES):
-        w = sums["modality_weight"][i]
-        metrics[f"loss/{name}"] = jnp.where(w > 0, sums["modality_loss_sum"][i] / jnp.maximum(w, 1.0), jnp.nan)
+    """Means from summed terms.
+
+    `loss`, `z_loss`: the train objective's weighted means (trained softmax);
+    `tokens`: the count of `loss_mask` targets; per modality m (NaN where the
+    batch has no m target), unweighted means over `loss_mask` under the full
+    softmax: `loss/m` (nats), `accuracy/m` (argmax == target),
+    `bits_per_token/m` (loss / ln 2); with `train.modality_softmax` also
+    `loss_restricted/m`, `accuracy_restricted/m`, `bits_per_token_restricted/m`.
+    """
+    weight = jnp.where(sums["weight"] > 0, sums["weight"], 1.0)
+    metrics = {"loss": sums["loss_sum"] / weight, "z_loss": sums["z_sum"] / weight, "tokens": sums["tokens"]}
+    count_M = sums["modality_tokens"]
+    mean = lambda x_M: jnp.where(count_M > 0, x_M / jnp.maximum(count_M, 1.0), jnp.nan)
+    for suffix in ("", RESTRICTED) if f"modality_loss{RESTRICTED}_sum" in sums else ("",):
+        loss_M, accuracy_M = mean(sums[f"modality_loss{suffix}_sum"]), mean(sums[f"modality_correct{suffix}_sum"])
+        for i, name in enumerate(MODALITIES):
+            metrics[f"loss{suffix}/{name}"] = loss_M[i]
+            metrics[f"accuracy{suffix}/{name}"] = accuracy_M[i]
+            metrics[f"bits_per_token{suffix}/{name}"] = loss_M[i] / math.log(2)
     return metrics

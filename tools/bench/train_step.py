@@ -60,7 +60,7 @@ def random_batch(config: Config) -> dict:
     return {
         "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
         "segment_ids": np.ones((b, t), np.int32), "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
-        "loss_mask": np.ones((b, t), np.float32), "modality": np.zeros((b, t), np.int32),
+        "loss_mask": np.ones((b, t), np.float32), "modality": np.zeros((b, t), np.int32), "block_ids": np.zeros((b, t), np.int32),
     }
 
 

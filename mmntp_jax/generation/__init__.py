@@ -1,0 +1,1 @@
+"""Generation for trained runs: prompts of segments → ids → sampled ids → text and decoded media."""

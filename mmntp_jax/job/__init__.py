@@ -1,0 +1,1 @@
+"""Staged jobs: a run that is more than a backbone, driven by `mmntp train` when `job.kind` is set."""

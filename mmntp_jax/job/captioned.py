@@ -1,0 +1,198 @@
+"""The captioned-images job: image tokenizer → shards → backbone → evaluation → sheet, in one workdir.
+
+`run_captioned_job(config, workdir)` runs what is not yet complete of
+
+    tokenizer  WORKDIR/tokenizers/image/ — `job.tokenizer` copied in, or an image
+               tokenizer trained in WORKDIR/tokenizer_run/ from `job.tokenizer_config`
+    data       the documents (the embedded captioned shapes written under
+               WORKDIR/data/train/, held-out pairs under WORKDIR/data/heldout/; or
+               `data.manifest` / `data.eval_manifest`), tokenized into WORKDIR/data/tokens/
+               with that tokenizer (images of any size, grey or colour, are fitted to it)
+    backbone   the unified model trained on the shards (`train.loop.train`), whose
+               checkpoints, config.json and metrics live in WORKDIR itself, so `mmntp eval`,
+               `mmntp sample` and `mm.load` take WORKDIR as for any run
+    evaluation, sheet   `job/report.py`: captions and drawings of the held-out set, judged
+               independently (`evaluation/`), and samples/sheet.png
+
+Every stage's output is written atomically or resumably, so Ctrl-C and the same
+command continue where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from mmntp_jax.config import Config, ConfigError, repo_experiment
+from mmntp_jax.job.stages import Stage, run_stages
+
+TOKENIZER_DIR = "tokenizers/image"
+DEFAULT_TOKENIZER_EXPERIMENT = "tokenizers/image_job"
+
+
+def tokens_dir(workdir) -> Path:
+    return Path(workdir) / "data" / "tokens"
+
+
+def backbone_config(config: Config, workdir) -> Config:
+    """The config the backbone trains with: the job's, reading the job's shards."""
+    data = dataclasses.replace(config.data, source="shards", path=str(tokens_dir(workdir)))
+    return dataclasses.replace(config, data=data)
+
+
+def heldout_manifest(config: Config, workdir) -> Path:
+    return Path(config.data.eval_manifest) if config.data.eval_manifest else Path(workdir) / "data" / "heldout" / "heldout.jsonl"
+
+
+def train_manifest(config: Config, workdir) -> Path:
+    return Path(config.data.manifest) if config.data.manifest else Path(workdir) / "data" / "train" / "manifest.jsonl"
+
+
+# ----------------------------------------------------------------------------
+# tokenizer
+
+
+def tokenizer_experiment(config: Config):
+    """The image tokenizer experiment, with the job's step and item overrides applied."""
+    from mmntp_jax.tokenizers import experiment
+
+    path = config.job.tokenizer_config or repo_experiment(DEFAULT_TOKENIZER_EXPERIMENT)
+    overrides = [f"train.steps={config.job.tokenizer_steps}"] if config.job.tokenizer_steps else []
+    overrides += [f"data.train_items={config.job.tokenizer_items}"] if config.job.tokenizer_items else []
+    overrides += [] if config.train.progress else ["train.progress=false"]
+    exp = experiment.load(path, overrides)
+    if exp.kind != "image":
+        raise ConfigError(f"config key 'job.tokenizer_config': {path} trains a {exp.kind} tokenizer; the captioned job needs an image tokenizer")
+    if exp.train.eval_every > exp.train.steps:
+        exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, eval_every=exp.train.steps))
+    return exp
+
+
+def _tokenizer_complete(folder: Path) -> bool:
+    from mmntp_jax.tokenizers.io import CONFIG, WEIGHTS
+
+    return (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file()
+
+
+def _install_tokenizer(source: Path, target: Path) -> None:
+    """Copies a tokenizer folder into place atomically, after checking it loads as an image tokenizer."""
+    from mmntp_jax.tokenizers.io import load_tokenizer
+
+    tokenizer = load_tokenizer(source)
+    if tokenizer.kind != "image" or not tokenizer.discrete:
+        raise ConfigError(f"config key 'job.tokenizer': {source} holds a {'discrete' if tokenizer.discrete else 'continuous'} {tokenizer.kind} tokenizer; the captioned job needs a discrete image tokenizer")
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    tmp.replace(target)
+
+
+def tokenizer_stage(config: Config, workdir: Path, log) -> Stage:
+    target = workdir / TOKENIZER_DIR
+
+    def run() -> bool:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if config.job.tokenizer:
+            _install_tokenizer(Path(config.job.tokenizer), target)
+            return True
+        from mmntp_jax.tokenizers.tokenizer_train import train as train_tokenizer
+
+        run_dir = workdir / "tokenizer_run"
+        summary = train_tokenizer(tokenizer_experiment(config), run_dir, log=log)
+        if summary.get("interrupted"):
+            return False
+        _install_tokenizer(run_dir / "tokenizer", target)
+        return True
+
+    return Stage("tokenizer", lambda: _tokenizer_complete(target), run)
+
+
+# ----------------------------------------------------------------------------
+# data
+
+
+def _write_embedded(config: Config, workdir: Path, image_size: int) -> None:
+    from mmntp_jax.data.captioned import write_captioned_shapes
+
+    progress = config.train.progress
+    if not train_manifest(config, workdir).is_file():
+        write_captioned_shapes(workdir / "data" / "train", config.job.items, size=image_size, split="train", progress=progress)
+    if not heldout_manifest(config, workdir).is_file():
+        write_captioned_shapes(workdir / "data" / "heldout", config.job.eval_items, size=image_size, split="eval", pairs=True, progress=progress)
+
+
+def image_encoder(workdir: Path):
+    """The job's image tokenizer as a data-prepare encoder that fits any image to its size."""
+    import functools
+
+    from mmntp_jax.data.tokenize import module_encoder
+    from mmntp_jax.tokenizers.io import load_tokenizer
+    from mmntp_jax.tokenizers.media import fit_image
+
+    tokenizer = load_tokenizer(workdir / TOKENIZER_DIR)
+    return module_encoder(tokenizer.module(), preprocess=functools.partial(fit_image, size=tokenizer.config.image_size), batch_size=32)
+
+
+def data_stage(config: Config, workdir: Path, log) -> Stage:
+    out = tokens_dir(workdir)
+
+    def run() -> bool:
+        from mmntp_jax.data.prepare import PrepareOptions, Preparer
+
+        encoder = image_encoder(workdir)
+        if not config.data.manifest:
+            _write_embedded(config, workdir, encoder.preprocess.keywords["size"])
+        for path, key in ((train_manifest(config, workdir), "data.manifest"), (heldout_manifest(config, workdir), "data.eval_manifest")):
+            if not path.is_file():
+                raise FileNotFoundError(f"config key '{key}': {path} not found")
+        options = PrepareOptions(seq_len=config.train.seq_len, progress=config.train.progress)
+        summary = Preparer(train_manifest(config, workdir), out, options, {"image": encoder}).run()
+        log(f"data: {summary['docs']} documents, {summary['tokens']} tokens in {summary['shards']} shards")
+        return True
+
+    return Stage("data", lambda: (out / "dataset.json").is_file(), run)
+
+
+# ----------------------------------------------------------------------------
+# backbone
+
+
+def latest_step(workdir: Path) -> int:
+    from mmntp_jax.train.checkpoint import Checkpointer
+
+    if not (workdir / "checkpoints").is_dir():
+        return 0
+    checkpointer = Checkpointer(workdir, async_save=False)
+    try:
+        return checkpointer.latest_step() or 0
+    finally:
+        checkpointer.close()
+
+
+def backbone_stage(config: Config, workdir: Path, log, profile_steps=None) -> Stage:
+    def run() -> bool:
+        from mmntp_jax.train.loop import train
+
+        summary = train(backbone_config(config, workdir), workdir, profile_steps=profile_steps, log=log)
+        return not summary.get("interrupted")
+
+    return Stage("backbone", lambda: latest_step(workdir) >= config.train.steps, run)
+
+
+def run_captioned_job(config: Config, workdir, *, log=print, profile_steps=None) -> dict:
+    """Runs the stages not yet complete; returns {"complete", "stages"}."""
+    from mmntp_jax.config import to_json
+    from mmntp_jax.train.loop import check_workdir_config
+
+    workdir = Path(workdir)
+    check_workdir_config(workdir, backbone_config(config, workdir))  # the same job, or a RunConflict before any work
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "config.json").is_file():
+        (workdir / "config.json").write_text(to_json(backbone_config(config, workdir)))
+    from mmntp_jax.job.report import evaluation_stage, sheet_stage
+
+    steps = config.train.steps
+    stages = [tokenizer_stage(config, workdir, log), data_stage(config, workdir, log), backbone_stage(config, workdir, log, profile_steps),
+              evaluation_stage(workdir, steps, log), sheet_stage(workdir, steps, config.job.sheet_items, log)]
+    return run_stages(stages, workdir, log)

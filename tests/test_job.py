@@ -1,0 +1,131 @@
+"""The staged captioned-images job: stages, resume, evaluation output, one-line errors.
+
+References: the files each stage must leave, the evaluation's own JSON, and the
+manifest lines that are malformed on purpose.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmntp_jax import cli
+from mmntp_jax.config import ConfigError, load_config
+from mmntp_jax.data.sources import eval_mask
+from mmntp_jax.evaluation.pairs import heldout_pairs, training_pairs
+from mmntp_jax.job.stages import Stage, run_stages
+
+TINY_JOB = [
+    "--set", "job.tokenizer_steps=2", "--set", "job.tokenizer_items=32", "--set", "job.items=24", "--set", "job.eval_items=6",
+    "--set", "job.classifier_steps=10", "--set", "job.sheet_items=3", "--set", "train.steps=4", "--set", "train.eval_every=4",
+    "--set", "train.eval_batches=1", "--set", "train.batch_size=2", "--set", "train.seq_len=256", "--set", "model.d_model=32",
+    "--set", "model.n_layers=1", "--set", "model.d_ff=64", "--set", "train.progress=false", "--set", "train.compilation_cache=",
+]
+
+
+def mmntp(*args):
+    """The CLI as a user runs it: its own process, one CPU device."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-m", "mmntp_jax.cli", *map(str, args)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("job") / "run"
+    mmntp("train", "--workdir", workdir, *TINY_JOB)
+    return workdir
+
+
+def test_every_stage_leaves_its_output(job):
+    record = json.loads((job / "job.json").read_text())
+    assert list(record) == ["tokenizer", "data", "backbone", "evaluation", "sheet"]
+    assert all(r["status"] == "done" for r in record.values())
+    assert (job / "tokenizers/image/tokenizer.json").is_file() and (job / "data/tokens/dataset.json").is_file()
+    assert (job / "checkpoints/4").is_dir() and (job / "eval/4.json").is_file()
+    from PIL import Image
+
+    sheet = np.asarray(Image.open(job / "samples/sheet.png"))
+    assert sheet.ndim == 3 and sheet.shape[2] == 3 and sheet.shape[0] > 3 * 32
+    captions = [json.loads(x) for x in (job / "eval/4/captions.jsonl").read_text().splitlines()]
+    assert len(captions) == 6 and all(set(c) == {"reference", "generated"} for c in captions)
+    drawn = np.load(job / "eval/4/drawn.npz")
+    assert drawn["drawn"].shape == drawn["real"].shape == (6, 32, 32, 3)
+
+
+def test_eval_json_reports_multimodal_figures(job):
+    printed = json.loads(mmntp("eval", "--workdir", job, "--json").stdout.strip().splitlines()[-1])
+    saved = json.loads((job / "eval/4.json").read_text())
+    for key in ("caption_accuracy", "image_agreement", "classifier_accuracy", "loss", "loss/text", "loss/image",
+                "bits_per_token/image", "accuracy/text", "samples"):
+        assert key in printed, key
+    assert printed["caption_accuracy"] == saved["caption_accuracy"] and printed["samples"].endswith("samples/sheet.png")
+    assert 0.0 <= printed["image_agreement"] <= 1.0 and 0.0 <= printed["caption_accuracy"] <= 1.0
+
+
+def test_a_finished_job_reports_complete(job):
+    before = (job / "job.json").read_text()
+    err = mmntp("train", "--workdir", job, *TINY_JOB).stderr
+    assert all(f"stage {s}: complete" in err for s in ("tokenizer", "data", "backbone", "evaluation", "sheet")), err
+    assert (job / "job.json").read_text() == before
+
+
+def test_sample_draws_and_captions(job, capsys):
+    assert cli.main(["sample", "--workdir", str(job), "--prompt", "a small red circle at the centre on a blue and light blue plain background",
+                     "--generate", "image", "--out", str(job / "s")]) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    from PIL import Image
+
+    assert path.suffix == ".png" and np.asarray(Image.open(path)).shape == (32, 32, 3)
+    assert cli.main(["sample", "--workdir", str(job), "--image", str(job / "data/heldout/images/000000.png"), "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+
+
+def test_stages_skip_done_and_stop_when_interrupted(tmp_path):
+    ran = []
+    stages = [Stage("a", lambda: True, lambda: ran.append("a") or True),
+              Stage("b", lambda: False, lambda: ran.append("b") or False),
+              Stage("c", lambda: False, lambda: ran.append("c") or True)]
+    result = run_stages(stages, tmp_path, log=lambda m: None)
+    assert ran == ["b"] and not result["complete"] and result["stages"]["b"]["status"] == "interrupted"
+
+
+def test_heldout_manifest_errors_name_the_line(tmp_path):
+    good = {"segments": [{"type": "text", "text": " a cat "}, {"type": "image", "path": "x.png"}]}
+    bad = {"segments": [{"type": "image", "path": "x.png"}, {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+    path = tmp_path / "heldout.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match=rf"{path}:2: field 'segments': a held-out line holds one image and one text segment"):
+        heldout_pairs(path)
+    path.write_text(json.dumps(good) + "\n")
+    images, captions = heldout_pairs(path)
+    assert images == [tmp_path / "x.png"] and captions == ["a cat"]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="holds no"):
+        heldout_pairs(empty)
+    only_text = tmp_path / "train.jsonl"
+    only_text.write_text(json.dumps({"segments": [{"type": "text", "text": "x"}]}) + "\n")
+    with pytest.raises(ValueError, match="no image/caption pair documents"):
+        training_pairs(only_text)
+
+
+def test_user_manifests_come_in_pairs():
+    with pytest.raises(ConfigError, match="give both"):
+        load_config(None, ["data.manifest=train.jsonl"])
+    with pytest.raises(ConfigError, match="'job.kind': 'bogus' is not one of"):
+        load_config(None, ["job.kind=bogus"])
+
+
+def test_small_sets_keep_a_held_out_document():
+    for n in (2, 5, 30):
+        mask = eval_mask(n, 0.02)
+        assert mask.sum() >= 1 and (~mask).sum() >= 1
+    assert not eval_mask(30, 0.0).any()
+    big = eval_mask(10_000, 0.02)
+    assert 150 < big.sum() < 250
