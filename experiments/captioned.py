@@ -16,8 +16,8 @@ steer from. The mask is causal, so `mmntp export hf` gives the same model in
 transformers; `--set model.attention_mask=block` lets context images attend
 bidirectionally (export then refuses: transformers' Llama is causal).
 
-Measured (one run on the 2-core CPU, docs/benchmarks.md): 27 min 3 s in all
-(tokenizer 280 s, data 8 s, backbone 1203 s, evaluation 129 s); eval loss text
+Measured (quiet 2-core CPU, docs/benchmarks.md): 21 min 19 s in all
+(tokenizer 175 s, data 8 s, backbone 971 s, evaluation 122 s); eval loss text
 0.118 / image 3.97 nats; caption_accuracy 0.581, image_agreement 0.523,
 classifier_accuracy 0.930 (targets 0.90 / 0.80 / 0.90 not yet met: the drawings
 show the right background but no object yet).
