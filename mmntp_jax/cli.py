@@ -22,6 +22,7 @@ COMMAND_GROUPS = {
     "import": ("mmntp_jax.export.commands", "import a Hugging Face checkpoint"),
     "checkpoint": ("mmntp_jax.export.commands", "inspect and consolidate checkpoints"),
     "scaling": ("mmntp_jax.scaling.commands", "scaling-law sweeps and fits"),
+    "plan": ("mmntp_jax.plan.commands", "compile the train step for N devices ahead of time: memory, FLOPs, collectives"),
 }
 
 
@@ -60,13 +61,15 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     from mmntp_jax.config import ConfigError
+    from mmntp_jax.data.schema import ManifestError
     from mmntp_jax.errors import RunError
     from mmntp_jax.paths import resolve_path_args
+    from mmntp_jax.tokenizers.media import MediaError
 
     resolve_path_args(args)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ConfigError, RunError, FileNotFoundError, FileExistsError) as err:
+    except (CommandError, ConfigError, RunError, ManifestError, MediaError, FileNotFoundError, FileExistsError) as err:
         print(f"mmntp {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ ATTENTION_IMPLS = ("xla", "reference", "blockwise")
 MASK_KINDS = ("causal", "prefix", "block")  # model.attention_mask; index = PackedBatch `mask_kind`
 SCHEDULES = ("cosine", "wsd", "constant")
 JOB_KINDS = ("", "captioned")
+JOB_TEXT_TOKENIZERS = ("bytes", "bpe")
 LossWeights = tuple[tuple[str, float], ...]
 
 
@@ -165,8 +166,13 @@ class JobConfig:
     `tokenizer_config` (an experiment file; "" = experiments/tokenizers/image_job.py), with
     `tokenizer_steps` / `tokenizer_items` overriding its train.steps / data.train_items when
     > 0. items / eval_items: embedded shapes drawn for training / held out for evaluation.
+    text_tokenizer: "bpe" trains a byte-level BPE of at most `text_vocab` ids on the
+    training documents' text (a caption becomes a few word tokens instead of one id per
+    byte, so a step sees twice the items); "bytes" keeps one id per UTF-8 byte.
+    model.vocab_size must cover 16 specials + the text ids + the image codes.
     classifier_steps: training steps of the evaluation's image classifier (0 = its default).
-    guidance: classifier-free guidance scale of the evaluation's drawings (1 = none).
+    guidance, temperature: classifier-free guidance scale (1 = none) and sampling
+    temperature (0 = greedy) of the evaluation's drawings (seed 0, so deterministic).
     """
 
     kind: str = ""
@@ -174,12 +180,15 @@ class JobConfig:
     tokenizer_config: str = field(default="", metadata={"path": True})
     tokenizer_steps: int = 0
     tokenizer_items: int = 0
+    text_tokenizer: str = "bytes"
+    text_vocab: int = 512
     items: int = 4000
     eval_items: int = 500
     sheet_items: int = 8
     generate_batch: int = 64
     classifier_steps: int = 0
     guidance: float = 1.0
+    temperature: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -399,6 +408,11 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
     _choice(o.schedule, SCHEDULES, "optim.schedule")
     _choice(config.job.kind, JOB_KINDS, "job.kind")
     _positive(config.job, "job", ["items", "eval_items", "sheet_items", "generate_batch"])
+    _choice(config.job.text_tokenizer, JOB_TEXT_TOKENIZERS, "job.text_tokenizer")
+    if config.job.temperature < 0 or config.job.guidance <= 0:
+        raise ConfigError(f"config keys 'job.temperature' ≥ 0 and 'job.guidance' > 0 expected, got {config.job.temperature} and {config.job.guidance}")
+    if config.job.text_tokenizer == "bpe" and config.job.text_vocab < 257:
+        raise ConfigError(f"config key 'job.text_vocab': a byte-level BPE needs at least 257 ids (256 bytes + merges), got {config.job.text_vocab}")
     if bool(d.manifest) != bool(d.eval_manifest):
         raise ConfigError("config keys 'data.manifest' and 'data.eval_manifest': give both (training documents and held-out pairs) or neither")
     check_loss_weights(t.loss_weights)

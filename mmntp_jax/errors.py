@@ -13,3 +13,7 @@ class RunError(RuntimeError):
 
 class CheckpointSaveError(RunError):
     """A checkpoint could not be written (disk full, permissions, an unreachable path)."""
+
+
+class CheckpointRestoreError(RunError):
+    """No checkpoint under a folder can be read although one was complete (or a named step cannot be read)."""

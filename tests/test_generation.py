@@ -150,3 +150,23 @@ def test_context_dropout_drops_only_context_text_before_a_trained_block():
     assert never(draw, np.random.default_rng(0)) is draw
     rate = np.mean([ContextDropout(0.3, BEGIN_IDS)(draw, np.random.default_rng(i)) is not draw for i in range(2000)])
     assert 0.26 < rate < 0.34
+
+
+def test_block_length_of_residual_codes_is_what_encode_gives(tmp_path):
+    """A residual (rvq) audio tokenizer: one block holds every level of every frame, once."""
+    from mmntp_jax.data.vocab import Vocab
+    from mmntp_jax.generation.media import RunMedia
+    from mmntp_jax.tokenizers.audio import AudioTokenizerConfig
+    from mmntp_jax.tokenizers.bottleneck import QuantizerConfig
+    from mmntp_jax.tokenizers.io import save_tokenizer
+    from mmntp_jax.tokenizers.registry import Tokenizer, build_module
+
+    config = AudioTokenizerConfig(sample_rate=800, channels=4, strides=(2, 4), dilations=(1,),
+                                  quantizer=QuantizerConfig(kind="rvq", codebook_size=16, dim=4, num_quantizers=3))
+    module = build_module("audio", config, 0)
+    tokenizer = Tokenizer("audio", config, module)
+    save_tokenizer(tokenizer, tmp_path / "tokenizers" / "audio", tokenizer.params)
+    vocab = Vocab.build(text=256, audio=16 * 3, levels={"audio": (3, "per_level")})
+    media = RunMedia(tmp_path, vocab)
+    ids = media.encode("audio", [np.sin(np.arange(800, dtype=np.float32) / 7)])[0]
+    assert ids.size == 800 // 8 * 3 == 300 and media.block_length("audio") == ids.size

@@ -82,8 +82,25 @@ def test_sample_draws_and_captions(job, capsys):
     from PIL import Image
 
     assert path.suffix == ".png" and np.asarray(Image.open(path)).shape == (32, 32, 3)
+    drawn = json.loads((job / "s" / "samples.jsonl").read_text().splitlines()[-1])
+    job_config = load_config(str(job / "config.json")).job
+    assert (drawn["temperature"], drawn["guidance"]) == (job_config.temperature, job_config.guidance) == (1.0, 3.0)  # as the evaluation draws
     assert cli.main(["sample", "--workdir", str(job), "--image", str(job / "data/heldout/images/000000.png"), "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip() != ""
+
+
+def test_sample_settings_default_to_the_jobs_for_media_only():
+    from argparse import Namespace
+
+    from mmntp_jax.generation.commands import sampling_defaults
+
+    config = load_config(None)  # the default experiment: the captioned job
+    given = lambda **kw: Namespace(**{"generate": "image", "temperature": None, "guidance": None, **kw})  # noqa: E731
+    assert sampling_defaults(given(), config) == (config.job.temperature, config.job.guidance)
+    assert sampling_defaults(given(generate="text"), config) == (0.0, 1.0)
+    assert sampling_defaults(given(temperature=0.0, guidance=1.0), config) == (0.0, 1.0)
+    plain = load_config(str(Path(__file__).parents[1] / "experiments" / "text_stdlib.py"))
+    assert sampling_defaults(given(), plain) == (0.0, 1.0)
 
 
 def test_stages_skip_done_and_stop_when_interrupted(tmp_path):

@@ -34,6 +34,7 @@ SHORTEN = {
         "--set", "job.tokenizer_steps=2", "--set", "job.tokenizer_items=32", "--set", "job.items=24",
         "--set", "job.eval_items=6", "--set", "job.classifier_steps=10", "--set", "job.sheet_items=3",
     ],
+    ("data", "classes"): ["--items", "40", "--heldout", "10"],
     ("tokenizer", "train"): ["--set", "train.steps=2", "--set", "train.eval_every=2", "--set", "data.train_items=8", "--set", "data.eval_items=4"],
 }
 

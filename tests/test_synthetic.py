@@ -24,7 +24,9 @@ def test_caption_names_what_is_painted():
         image, caption, shapes = S.shape_image(index, size=48)
         for p in shapes:
             assert f"{p['colour']} {p['shape']}" in caption
-        top = shapes[-1]  # painted last, so nothing covers it
+        assert [p["radius"] for p in shapes] == sorted((p["radius"] for p in shapes), reverse=True)  # named largest first
+        assert caption.split(" at ")[0].endswith(f"{shapes[0]['colour']} {shapes[0]['shape']}")  # the first-named object
+        top = max(shapes, key=lambda p: p["layer"])  # painted last, so nothing covers it
         if top["shape"] in ("circle", "square", "diamond", "cross") and top["radius"] > 6:
             cx, cy = top["centre"]
             pixel = image[int(cy), int(cx)]

@@ -6,6 +6,7 @@
     mmntp data inspect DIR [--samples N] [--json]
     mmntp data train-bpe (--manifest FILE | --files F …) --vocab-size N --out tokenizer.json
     mmntp data shapes --out DIR [--items N]          (the captioned-shapes manifest)
+    mmntp data classes --out DIR [--items N] [--heldout N]   (a ten-class captioned set)
 
 With `--config`, `train.seq_len` bounds the block length, and the experiment
 file may define `get_tokenizers()` returning {"image": ModalityEncoder(…) or
@@ -103,6 +104,18 @@ def _shapes(args) -> int:
     return 0
 
 
+def _classes(args) -> int:
+    from mmntp_jax.cli import CommandError
+    from mmntp_jax.data.class_captioned import write_class_captioned
+
+    try:
+        train, heldout = write_class_captioned(args.out, args.items, seed=args.seed, heldout=args.heldout, size=args.size)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    print(f"{train}: {2 * args.items} documents over {args.items} images; {heldout}: {args.heldout} held-out pairs")
+    return 0
+
+
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -145,6 +158,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(data_func=_shapes)
+
+    p = sub.add_parser("classes", help="write a ten-class captioned image set: TRAIN.jsonl and HELDOUT.jsonl")
+    p.add_argument("--out", required=True, help="folder for images/, TRAIN.jsonl and HELDOUT.jsonl")
+    p.add_argument("--items", type=int, default=900, help="training images (two documents each)")
+    p.add_argument("--heldout", type=int, default=100, help="held-out images")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(data_func=_classes)
 
     def dispatch(args) -> int:
         if getattr(args, "data_func", None) is None:

@@ -1,6 +1,6 @@
 """The embedded data sets: generated, deterministic, no downloads.
 
-    shapes_images   coloured shapes on textured backgrounds, with captions
+    shapes_images   coloured shapes on textured backgrounds, with captions (objects named largest first)
     digit_audio     spoken-digit-like clips (harmonic stacks, chirps, noise onsets) with descriptions
     shapes_videos   1 + n·F frames of shapes moving (and bouncing) over a textured background
 
@@ -128,10 +128,14 @@ def _paint_shapes(rng, canvas_HWC, n_shapes: int, positions=None):
 
 
 def shape_image(index: int, *, size: int = 32, seed: int = 0, split: str = "train"):
-    """One image `[size, size, 3]`, its caption and the shapes' parameters."""
+    """One image `[size, size, 3]`, its caption and the shapes' parameters, largest first."""
     rng = _rng(seed, split, index)
     canvas_HWC, background = _background(rng, size, size)
     phrases, params = _paint_shapes(rng, canvas_HWC, int(rng.integers(1, 4)))
+    # named largest first (painting order is random and not visible), so the first-named
+    # object is the one an image shows most of; each shape's `layer` is its painting order
+    order = sorted(range(len(params)), key=lambda k: -params[k]["radius"])
+    phrases, params = [phrases[k] for k in order], [dict(params[k], layer=k) for k in order]
     caption = " and ".join(phrases) + f" on {_article(background)} {background} background"
     return np.clip(canvas_HWC, 0, 1), caption, params
 

@@ -71,6 +71,14 @@ def load_media(modality: str, path: str | Path, sample_rate: int | None = None) 
     return _load_video(path)
 
 
+def block_ids(vocab: Vocab, modality: str, codes) -> np.ndarray:
+    """One item's codes (`[N]`, `[N·L]` or `[N, L]`, position-major) → the global ids of its
+    block: every level of a position together, in the vocabulary's layout."""
+    levels, codes = vocab.num_levels(modality), np.asarray(codes)
+    codes = codes.reshape(-1, levels) if levels > 1 else codes.reshape(-1)
+    return vocab.to_global(modality, codes).reshape(-1)
+
+
 @dataclass
 class ModalityEncoder:
     """A modality tokenizer with its parameters, batched and (by default) jitted."""
@@ -177,10 +185,8 @@ class DocumentTokenizer:
 
     def _to_ids(self, doc: Document, k: int, codes: np.ndarray) -> np.ndarray:
         name = doc.segments[k].type
-        levels = self.vocab.num_levels(name)
         try:
-            codes = codes.reshape(-1, levels) if levels > 1 else codes.reshape(-1)
-            ids = self.vocab.to_global(name, codes).reshape(-1)
+            ids = block_ids(self.vocab, name, codes)
         except ValueError as err:
             raise doc.error(f"{name} tokenizer output: {err}", f"segments[{k}]") from None
         if self.seq_len is not None and ids.size + 2 > self.seq_len:

@@ -7,7 +7,10 @@ of the manifest, when given, count too):
             mean over three attributes — the first object's colour, its shape and
             the background colour — of the fraction of items whose generated
             caption, parsed by the same grammar, names the reference's value.
-            An unparseable generated caption is wrong on all three.
+            Objects are named largest first, so the first is the one the image
+            shows most of. A square and a diamond are the same figure at random
+            angles, so either name matches either (`visual_shape`), as for the
+            image judge. An unparseable generated caption is wrong on all three.
     exact   at most `MAX_CLASSES` distinct references (after stripping
             whitespace): the fraction of items whose stripped generated caption
             equals the stripped reference.
@@ -29,7 +32,7 @@ from collections import Counter
 
 import numpy as np
 
-from mmntp_jax.evaluation.shapes_grammar import all_shapes_captions, shapes_attributes
+from mmntp_jax.evaluation.shapes_grammar import all_shapes_captions, shapes_attributes, visual_shape
 
 MAX_CLASSES = 50  # at most this many distinct references: the captions are class names
 SCHEMES = ("shapes", "exact", "f1")
@@ -81,7 +84,8 @@ def shapes_attribute_hits(generated, references) -> dict[str, np.ndarray]:
             raise ValueError(f"reference {i} is not a captioned-shapes caption: {ref!r}")
         got = shapes_attributes(gen)
         for a in SHAPES_ATTRIBUTES:
-            hits[a][i] = got is not None and got[a] == want[a]
+            same = (visual_shape(got[a]) == visual_shape(want[a])) if a == "shape" and got is not None else got is not None and got[a] == want[a]
+            hits[a][i] = same
     return hits
 
 
@@ -123,7 +127,8 @@ def constant_caption_chance(references, scheme: str | None = None) -> float | No
     scheme = caption_scheme(references) if scheme is None else scheme
     if scheme == "shapes":
         attrs = [shapes_attributes(r) for r in references]
-        return float(np.mean([max(Counter(a[k] for a in attrs).values()) / len(attrs) for k in SHAPES_ATTRIBUTES]))
+        value = lambda a, k: visual_shape(a[k]) if k == "shape" else a[k]  # noqa: E731
+        return float(np.mean([max(Counter(value(a, k) for a in attrs).values()) / len(attrs) for k in SHAPES_ATTRIBUTES]))
     if scheme == "exact":
         return max(Counter(r.strip() for r in references).values()) / len(references)
     return None

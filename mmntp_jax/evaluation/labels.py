@@ -30,9 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmntp_jax.evaluation.captions import MAX_CLASSES, distinct_captions
-from mmntp_jax.evaluation.shapes_grammar import COLOUR_NAMES, SHAPE_NAMES, all_shapes_captions, parse_shapes_caption
-
-VISUAL_SHAPES = {"diamond": "square/diamond", "square": "square/diamond"}  # shapes no image tells apart
+from mmntp_jax.evaluation.shapes_grammar import COLOUR_NAMES, SHAPE_NAMES, VISUAL_SHAPES, all_shapes_captions, parse_shapes_caption
 SHAPE_CLASSES = tuple(dict.fromkeys(VISUAL_SHAPES.get(s, s) for s in SHAPE_NAMES))
 SHAPES_HEADS = {"colour": COLOUR_NAMES, "shape": SHAPE_CLASSES, "background": COLOUR_NAMES}
 

@@ -6,14 +6,15 @@
                block, as in its captioning documents), scored against the reference
                by `captions.caption_accuracy` (the shapes grammar, exact match or F1)
     images     for every held-out caption, the image the run draws (prompt: the
-               caption then `<boi>`, the block grammar enforced, greedy, guidance
-               `guidance`), decoded by the run's image tokenizer and judged by a
+               caption then `<boi>`, the block grammar enforced, sampled at
+               `temperature` (0 = greedy) with guidance `guidance`, seed 0), decoded
+               by the run's image tokenizer and judged by a
                classifier trained on the *training* images and their captions'
                labels (`scores.evaluate_images`: image_agreement, and
                classifier_accuracy on the real held-out images, the ceiling)
 
-Greedy decoding and a fixed classifier seed make the figures a function of the
-workdir. Returns the figures and what the sample sheet shows.
+Greedy captions, a fixed sampling seed and a fixed classifier seed make the
+figures a function of the workdir and the settings. Returns the figures and what the sample sheet shows.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _fitted(run, paths) -> np.ndarray:
 
 
 def evaluate_run(run, train_manifest, heldout_manifest, *, limit: int = 0, classifier_items: int = 0, classifier_steps: int = 0,
-                 batch_size: int = 64, guidance: float = 1.0) -> tuple[dict, dict]:
+                 batch_size: int = 64, guidance: float = 1.0, temperature: float = 0.0) -> tuple[dict, dict]:
     """(figures, artefacts {"real", "drawn", "references", "captions"}) over the first
     `limit` held-out pairs (all when 0); the classifier trains on `classifier_items`
     training images (all when 0) for `classifier_steps` (its default when 0)."""
@@ -46,7 +47,8 @@ def evaluate_run(run, train_manifest, heldout_manifest, *, limit: int = 0, class
     captioned = generate(run, [[{"type": "image", "array": x}, {"type": "text"}] for x in real],
                          max_new_tokens=longest + CAPTION_SLACK, batch_size=batch_size)
     captions = [c["text"].strip() for c in captioned]
-    drawn = generate(run, [[{"type": "text", "text": r}, {"type": "image"}] for r in references], batch_size=batch_size, guidance=guidance)
+    drawn = generate(run, [[{"type": "text", "text": r}, {"type": "image"}] for r in references], batch_size=batch_size, guidance=guidance,
+                     temperature=temperature, seed=0)
     drawn = np.stack([d["image"] for d in drawn])
     train_paths, train_captions = training_pairs(train_manifest, limit=classifier_items)
     figures = {"eval_items": len(references), **caption_accuracy(captions, references, train_references=train_captions)}

@@ -85,6 +85,14 @@ class ShapesCaption:
         return {"colour": first.colour, "shape": first.shape, "background": self.background.colour}
 
 
+VISUAL_SHAPES = {"diamond": "square/diamond", "square": "square/diamond"}  # one figure at random angles: no image tells them apart
+
+
+def visual_shape(shape: str) -> str:
+    """The shape as an image can show it: a square and a diamond are one figure."""
+    return VISUAL_SHAPES.get(shape, shape)
+
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 

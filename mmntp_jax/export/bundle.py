@@ -4,12 +4,18 @@ Modality tokenizers live in a workdir as
 `WORKDIR/tokenizers/<modality>/{tokenizer.json, tokenizer.safetensors}` (the
 format `mmntp_jax.tokenizers.io` saves and loads: architecture as JSON, encoder
 and decoder weights as safetensors) and are copied as they are into
-`OUT/tokenizers/<modality>/`. The README explains the unified
-vocabulary and how to turn generated ids back into text and modality codes.
+`OUT/tokenizers/<modality>/`. Two files make the folder generate media in
+transformers without mmntp_jax: `mmntp_generation.py` (the block grammar as a
+`LogitsProcessor`, drawing prompts, `generate_image`) and
+`mmntp_image_decoder.py` (the image tokenizer's decoder in torch), copied from
+`hf_generation.py` and `hf_image_decoder.py` beside this module. The README
+explains the unified vocabulary, how to turn generated ids back into text and
+modality codes, and which tokenizers the bundled decoder handles.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +23,8 @@ from mmntp_jax.data.vocab import BLOCK_MARKERS, Vocab
 from mmntp_jax.tokenizers.io import CONFIG, WEIGHTS
 
 TOKENIZER_FILES = (CONFIG, WEIGHTS)
+GENERATION_FILES = {"hf_generation.py": "mmntp_generation.py", "hf_image_decoder.py": "mmntp_image_decoder.py"}  # source → bundled name
+DECODABLE = {"image": ("fsq", "vq", "lfq", "bsq")}  # as hf_image_decoder.DECODABLE (tokenizer kind → quantizer kinds)
 
 
 def modality_tokenizers(workdir, vocab: Vocab) -> dict[str, Path]:
@@ -46,6 +54,50 @@ def copy_modality_tokenizers(found: dict[str, Path], out) -> list[str]:
     return copied
 
 
+def copy_generation_files(out) -> list[str]:
+    """Copies the transformers generation helpers into OUT; returns their names."""
+    for source, name in GENERATION_FILES.items():
+        shutil.copyfile(Path(__file__).with_name(source), Path(out) / name)
+    return list(GENERATION_FILES.values())
+
+
+def decoder_notes(found: dict[str, Path]) -> dict[str, str]:
+    """{modality: one line}: whether `mmntp_image_decoder.py` decodes that tokenizer's codes."""
+    notes = {}
+    for modality, folder in found.items():
+        try:
+            meta = json.loads((folder / CONFIG).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"modality tokenizer {folder / CONFIG}: not valid JSON ({err})") from None
+        kind, quantizer = meta.get("kind"), (meta.get("config") or {}).get("quantizer", {}).get("kind")
+        if quantizer in DECODABLE.get(kind, ()):
+            notes[modality] = f"`tokenizers/{modality}/` ({kind}, {quantizer}): decoded in torch by `mmntp_image_decoder.load_image_decoder(FOLDER)`."
+        else:
+            notes[modality] = f"`tokenizers/{modality}/` ({kind}, {quantizer}): decoding is not bundled for this tokenizer kind; decode its codes with mmntp_jax."
+    return notes
+
+
+def _generation_rows(decoders: dict[str, str]) -> list[str]:
+    return [
+        "## Generating images in transformers",
+        "",
+        "`mmntp_generation.py` (numpy, torch, transformers; no mmntp_jax) holds `BlockRulesProcessor`, a",
+        "`LogitsProcessor` that allows exactly what mmntp_jax's sampler allows: inside a block only the",
+        "modality's codes (the level each position holds), exactly the tokenizer's count of them, then the",
+        "end marker. `mmntp_image_decoder.py` turns a block's codes into pixels float32 [H, W, 3] in [0, 1].",
+        "",
+        "```python",
+        "import sys; sys.path.insert(0, FOLDER)",
+        "import mmntp_generation, mmntp_image_decoder",
+        "codes, images = mmntp_generation.generate_image(model, tokenizer, [\"a small red circle at the centre\"])",
+        "mmntp_image_decoder.write_png(\"drawn.png\", images[0])",
+        "```",
+        "",
+        *([f"- {line}" for line in decoders.values()] or ["This export carries no modality tokenizer, so `generate_image` has nothing to decode with."]),
+        "",
+    ]
+
+
 def _layout_rows(vocab: Vocab) -> list[str]:
     names = vocab.special_names()
     rows = ["| ids | tokens | meaning |", "|---|---|---|"]
@@ -61,7 +113,8 @@ def _layout_rows(vocab: Vocab) -> list[str]:
     return rows
 
 
-def readme(*, arch: str, dtype: str, vocab: Vocab, vocab_size: int, step: int, workdir: str, files: list[str], tokenizers: list[str]) -> str:
+def readme(*, arch: str, dtype: str, vocab: Vocab, vocab_size: int, step: int, workdir: str, files: list[str], tokenizers: list[str],
+           decoders: dict[str, str]) -> str:
     extra = vocab_size - vocab.size
     padding = f"\nThe model has {vocab_size} output rows; ids {vocab.size} … {vocab_size - 1} belong to no range and are never produced by training.\n" if extra > 0 else ""
     modalities = [m for m, _ in vocab.ranges if m != "text"]
@@ -117,6 +170,7 @@ def readme(*, arch: str, dtype: str, vocab: Vocab, vocab_size: int, step: int, w
         "",
         decode_section,
     ]
+    lines += _generation_rows(decoders)
     if modalities:
         lines += ["Modalities in the vocabulary: " + ", ".join(modalities) + "; tokenizers included: " + (", ".join(tokenizers) or "none") + ".", ""]
     return "\n".join(lines)

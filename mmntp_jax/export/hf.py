@@ -6,6 +6,7 @@ Writes, into a fresh folder (see staging.py):
     tokenizer.json, tokenizer_config.json, special_tokens_map.json   the text tokenizer
     mmntp_vocab.json                            the unified vocabulary layout
     tokenizers/<modality>/…                     modality tokenizers, when the workdir has them
+    mmntp_generation.py, mmntp_image_decoder.py block-grammar LogitsProcessor and torch image decoder (bundle.py)
     README.md                                   vocab layout and how to decode generated codes
 
 Tensors are produced one at a time (one layer of one stacked kernel is read
@@ -89,9 +90,10 @@ def export_hf(workdir, out, *, step: int | None = None, dtype: str = "float32", 
         (stage / VOCAB_FILE).write_text(vocab.to_json())
         copied = bundle.copy_modality_tokenizers(modality_tokenizers, stage)
         listing = files + ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", VOCAB_FILE]
+        listing += bundle.copy_generation_files(stage)
         text = bundle.readme(
-            arch=arch, dtype=dtype, vocab=vocab, vocab_size=cfg.vocab_size, step=reader.step,
-            workdir=str(reader.workdir), files=listing, tokenizers=sorted(modality_tokenizers),
+            arch=arch, dtype=dtype, vocab=vocab, vocab_size=cfg.vocab_size, step=reader.step, workdir=str(reader.workdir),
+            files=listing, tokenizers=sorted(modality_tokenizers), decoders=bundle.decoder_notes(modality_tokenizers),
         )
         (stage / "README.md").write_text(text)
     return {

@@ -108,6 +108,12 @@ def architecture(cfg: ModelConfig) -> str:
 def check_expressible(cfg: ModelConfig, param_names) -> None:
     """Raises NotExpressible naming the first config field or parameter with no HF counterpart."""
     defaults = ModelConfig()
+    if cfg.attention_mask != defaults.attention_mask:
+        raise NotExpressible(
+            f"model.attention_mask={cfg.attention_mask!r} cannot be exported: transformers' {architecture(cfg)} attends causally, "
+            f"while this run lets context tokens ({'the document prefix' if cfg.attention_mask == 'prefix' else 'context media blocks'}) "
+            "attend bidirectionally, so the exported model would compute different logits; train with model.attention_mask='causal' to export"
+        )
     for name in sorted(set(cfg.__dataclass_fields__) - COMPUTE_ONLY_FIELDS - MAPPED_FIELDS):
         if getattr(cfg, name) != getattr(defaults, name):
             raise NotExpressible(f"model.{name}={getattr(cfg, name)!r} has no counterpart in LlamaForCausalLM or Qwen3ForCausalLM")

@@ -177,6 +177,21 @@ def workdir_text_tokenizer(workdir, vocab: Vocab):
     return ByteTokenizer(vocab) if vocab.range_size("text") == 256 else None
 
 
+def install_workdir_text_tokenizer(workdir, text, vocab: Vocab) -> Path | None:
+    """Writes a BPE text tokenizer (ids 0 … n-1, as data shards store it) as the workdir's
+    tokenizer.json with unified ids, so sampling, evaluation and export read the text the
+    run was trained on. Byte tokenizers need no file; returns the path written, if any."""
+    if getattr(text, "kind", "bytes") != "bpe":
+        return None
+    path = Path(str(workdir)).joinpath(*TEXT_TOKENIZER_PATH)
+    data = shift_tokenizer_json(json.loads(text.to_str()), vocab.offset("text"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False))
+    tmp.replace(path)
+    return path
+
+
 def workdir_tokenizer_json(workdir, vocab: Vocab) -> str:
     """tokenizer.json text for the export: the workdir's own (tokens declared) or the byte tokenizer."""
     path = Path(str(workdir)).joinpath(*TEXT_TOKENIZER_PATH)

@@ -1,8 +1,10 @@
-"""`mmntp sample`: text, images and captions from a trained workdir.
+"""`mmntp sample`: text, images, audio and captions from a trained workdir.
 
     mmntp sample --workdir DIR --prompt "def "                              # text → text
     mmntp sample --workdir DIR --prompt "a red circle …" --generate image    # caption → image (PNG)
     mmntp sample --workdir DIR --image photo.png                             # image → caption
+    mmntp sample --workdir DIR --prompt "seven" --generate audio             # text → audio (WAV)
+    mmntp sample --workdir DIR --audio clip.wav                              # audio → text
 
 The prompt is the media item (`--image` / `--audio`), then the text (`--prompt`),
 then a request for `--generate` (default text), encoded as training documents
@@ -25,13 +27,15 @@ def add_parser(sub, name: str, help_text: str) -> None:
     parser.add_argument("--prompt", default="", help="text prompt (default: empty)")
     media = parser.add_mutually_exclusive_group()
     media.add_argument("--image", default=None, help="image file put before the text prompt (PNG/JPEG, fitted to the tokenizer's size)")
-    media.add_argument("--audio", default=None, help="WAV file put before the text prompt")
+    media.add_argument("--audio", default=None, help="WAV file put before the text prompt (mixed to mono, at the tokenizer's sample rate; cut or zero-padded to its clip length)")
     parser.add_argument("--generate", choices=("text", "image", "audio", "video"), default="text", help="what to generate (default text)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="text: the most new tokens (media blocks have their tokenizer's length)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="0 = greedy (default; media of a captioned job: the job's job.temperature, as its evaluation draws)")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale S (1 = unguided)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="classifier-free guidance scale S (1 = unguided, the default; media of a captioned job: its job.guidance)")
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for media files and samples.jsonl (default WORKDIR/samples)")
@@ -60,6 +64,15 @@ def save_media(path, modality: str, item, run) -> None:
         media.save_gif(path, item)
 
 
+def sampling_defaults(args, config) -> tuple[float, float]:
+    """--temperature and --guidance as given, else the captioned job's drawing settings for
+    media (what its evaluation and sheet use), else greedy and unguided."""
+    job = config.job if config.job.kind == "captioned" and args.generate != "text" else None
+    temperature = args.temperature if args.temperature is not None else (job.temperature if job else 0.0)
+    guidance = args.guidance if args.guidance is not None else (job.guidance if job else 1.0)
+    return temperature, guidance
+
+
 def run_sample(args) -> int:
     from pathlib import Path
 
@@ -72,6 +85,7 @@ def run_sample(args) -> int:
     if args.num_samples < 1:
         raise CommandError(f"--num-samples {args.num_samples}: must be ≥ 1")
     run = load(args.workdir, step=args.step)
+    args.temperature, args.guidance = sampling_defaults(args, run.config)
     segments = prompt_segments(args)
     try:
         results = generate(run, [segments] * args.num_samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -1,11 +1,13 @@
 """Prompts in the manifest schema → the ids a model continues, laid out as training documents are.
 
 A prompt is a string (text) or a list of segments as in docs/data.md:
-`{"type": "text", "text": …}`, `{"type": "image", "path": …}` (or `"array"` /
-`"image"`: the item itself). A last segment without content asks for that
-modality: `[{"type": "text", "text": "a red circle"}, {"type": "image"}]` is a
+`{"type": "text", "text": …}`, `{"type": "image", "path": …}`,
+`{"type": "audio", "path": "x.wav"}` (or `"array"`, or a key named as the type:
+the item itself). A last segment without content asks for that modality:
+`[{"type": "text", "text": "a red circle"}, {"type": "image"}]` is a
 caption→image prompt, `[{"type": "image", "path": "x.png"}, {"type": "text"}]`
-an image→caption one. The ids are those of `data.documents.assemble_document`
+an image→caption one, `[{"type": "text", "text": "hi"}, {"type": "audio"}]`
+a text→audio one. The ids are those of `data.documents.assemble_document`
 without its closing `<eos>` (so `<bos>` text… `<boi>` codes `<eoi>` …), followed
 by the requested block's begin marker when a media item is asked for.
 
@@ -36,7 +38,7 @@ class Prompt:
 
 
 def _content(seg: dict):
-    for key in ("text", "path", "array", "image"):
+    for key in ("text", "path", "array", seg.get("type")):
         if seg.get(key) is not None:
             return seg[key]
     return None
@@ -65,10 +67,11 @@ def encode_prompts(prompts: list, vocab, text_tokenizer, media) -> list[Prompt]:
     for i, segments in enumerate(checked):
         for k, seg in enumerate(segments):
             if seg["type"] != "text" and _content(seg) is not None:
+                where = f"prompt {i}, segment {k} ({seg['type']})"
                 try:
-                    items.setdefault(seg["type"], []).append(media.fit(seg["type"], _content(seg), f"prompt {i}, segment {k}"))
+                    items.setdefault(seg["type"], []).append(media.fit(seg["type"], _content(seg), where))
                 except ValueError as err:
-                    raise PromptError(f"prompt {i}: segment {k} ({seg['type']}): {err}") from None
+                    raise PromptError(str(err) if str(err).startswith(where) else f"{where}: {err}") from None
     blocks = {m: iter(media.encode(m, xs)) for m, xs in items.items()}
     return [_assemble(segments, vocab, text_tokenizer, blocks) for segments in checked]
 

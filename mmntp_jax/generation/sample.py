@@ -8,7 +8,8 @@ the new ids back into text, or into the item the run's tokenizer decodes them to
 Prompts are batched `batch_size` at a time and left-padded to a multiple of
 `LENGTH_BUCKET`, so a run of many prompts compiles a few programs, not one per
 prompt. Results come back in prompt order as segments:
-`{"type": "text", "text": …}` or `{"type": "image", "image": float32 [H, W, 3], "ids": …}`.
+`{"type": "text", "text": …}`, `{"type": "image", "image": float32 [H, W, 3], "ids": …}` or
+`{"type": "audio", "audio": float32 [L], "ids": …}`.
 """
 
 from __future__ import annotations

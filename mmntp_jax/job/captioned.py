@@ -54,11 +54,14 @@ def train_manifest(config: Config, workdir) -> Path:
 
 
 def tokenizer_experiment(config: Config):
-    """The image tokenizer experiment, with the job's step and item overrides applied."""
+    """The image tokenizer experiment, with the job's step and item overrides applied; the
+    default experiment learns the images of `data.manifest` when one is given (source "manifest")."""
     from mmntp_jax.tokenizers import experiment
 
     path = config.job.tokenizer_config or repo_experiment(DEFAULT_TOKENIZER_EXPERIMENT)
-    overrides = [f"train.steps={config.job.tokenizer_steps}"] if config.job.tokenizer_steps else []
+    own_images = config.data.manifest and not config.job.tokenizer_config
+    overrides = ["data.source=manifest", f"data.path={config.data.manifest}"] if own_images else []
+    overrides += [f"train.steps={config.job.tokenizer_steps}"] if config.job.tokenizer_steps else []
     overrides += [f"data.train_items={config.job.tokenizer_items}"] if config.job.tokenizer_items else []
     overrides += [] if config.train.progress else ["train.progress=false"]
     exp = experiment.load(path, overrides)
@@ -134,6 +137,18 @@ def image_encoder(workdir: Path):
     return module_encoder(tokenizer.module(), preprocess=functools.partial(fit_image, size=tokenizer.config.image_size), batch_size=32)
 
 
+def text_tokenizer(config: Config, manifest: Path, log):
+    """`job.text_tokenizer`: the byte tokenizer, or a BPE trained on the manifest's text segments."""
+    from mmntp_jax.data.prepare import manifest_texts
+    from mmntp_jax.tokenizers.text import BPETokenizer, ByteTokenizer
+
+    if config.job.text_tokenizer == "bytes":
+        return ByteTokenizer()
+    text = BPETokenizer.train(manifest_texts(manifest), config.job.text_vocab)
+    log(f"data: text BPE of {text.size} ids (job.text_vocab={config.job.text_vocab}) trained on {manifest}")
+    return text
+
+
 def data_stage(config: Config, workdir: Path, log) -> Stage:
     out = tokens_dir(workdir)
 
@@ -147,7 +162,13 @@ def data_stage(config: Config, workdir: Path, log) -> Stage:
             if not path.is_file():
                 raise FileNotFoundError(f"config key '{key}': {path} not found")
         options = PrepareOptions(seq_len=config.train.seq_len, progress=config.train.progress)
-        summary = Preparer(train_manifest(config, workdir), out, options, {"image": encoder}).run()
+        text = text_tokenizer(config, train_manifest(config, workdir), log)
+        preparer = Preparer(train_manifest(config, workdir), out, options, {"image": encoder}, text_tokenizer=text)
+        if config.model.vocab_size < preparer.vocab.size:
+            raise ConfigError(f"config key 'model.vocab_size': {config.model.vocab_size} does not cover the job's vocabulary of "
+                              f"{preparer.vocab.size} ids ({preparer.vocab.n_specials} specials, {preparer.text.size} text, the rest image codes); "
+                              f"set it ≥ {preparer.vocab.size} or lower job.text_vocab")
+        summary = preparer.run()
         log(f"data: {summary['docs']} documents, {summary['tokens']} tokens in {summary['shards']} shards")
         return True
 

@@ -43,7 +43,7 @@ def evaluate_and_save(run, log=print) -> dict:
     train, heldout = _manifests(run)
     log(f"evaluation: step {run.step}, {job.eval_items} held-out items")
     figures, shown = evaluate_run(run, train, heldout, limit=job.eval_items, batch_size=job.generate_batch,
-                                  classifier_steps=job.classifier_steps, guidance=job.guidance)
+                                  classifier_steps=job.classifier_steps, guidance=job.guidance, temperature=job.temperature)
     folder = eval_dir(run.workdir) / str(run.step)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "captions.jsonl", "w") as f:

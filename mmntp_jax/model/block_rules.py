@@ -51,7 +51,7 @@ class BlockRules:
     @classmethod
     def from_vocab(cls, vocab, block_lengths: dict[str, int]) -> "BlockRules":
         """`block_lengths[m]`: the tokens a block of m holds between its markers
-        (the tokenizer's `tokens_per_item` × its levels)."""
+        (the tokenizer's `tokens_per_item`: every level of every position)."""
         media = tuple(name for name, _ in vocab.ranges if name != "text")
         unknown = sorted(set(block_lengths) - set(media))
         if unknown:

@@ -23,14 +23,15 @@ from mmntp_jax.tokenizers.image import ImageTokenizerConfig
 from mmntp_jax.tokenizers.video import VideoTokenizerConfig
 
 MODEL_CONFIGS = {"image": ImageTokenizerConfig, "audio": AudioTokenizerConfig, "video": VideoTokenizerConfig}
-SOURCES = {"image": ("shapes", "photos", "folder"), "audio": ("digits", "folder"), "video": ("videos", "npy")}
+SOURCES = {"image": ("shapes", "photos", "folder", "manifest"), "audio": ("digits", "folder"), "video": ("videos", "npy")}
 
 
 @dataclass(frozen=True)
 class TokenizerDataConfig:
-    """source: shapes | photos | folder (image), digits | folder (audio), videos | npy (video).
-    path: the folder (PNG/JPEG or WAV; its last eval_items files are held out) or the .npy file
-    ([N, T, H, W, C] in [0, 1]). train_items are generated (or cut) once; clip_seconds: audio length."""
+    """source: shapes | photos | folder | manifest (image), digits | folder (audio), videos | npy (video).
+    path: the folder (PNG/JPEG or WAV; its last eval_items files are held out), the manifest
+    (its distinct image files; the last eval_items, at most a tenth, are held out) or the .npy
+    file ([N, T, H, W, C] in [0, 1]). train_items are generated (or cut) once; clip_seconds: audio length."""
 
     source: str = "shapes"
     path: str = field(default="", metadata={"path": True})
@@ -91,7 +92,7 @@ def validate(exp: TokenizerExperiment, *, device_count: int | None = None) -> No
     d, t = exp.data, exp.train
     if d.source not in SOURCES[exp.kind]:
         raise ConfigError(f"config key 'data.source': {d.source!r} is not one of {', '.join(SOURCES[exp.kind])} for {exp.kind} tokenizers")
-    if d.source in ("folder", "npy") and not d.path:
+    if d.source in ("folder", "npy", "manifest") and not d.path:
         raise ConfigError(f"config key 'data.path': data.source={d.source} needs a path")
     if exp.loss.reconstruction not in ("l1", "l2"):
         raise ConfigError(f"config key 'loss.reconstruction': {exp.loss.reconstruction!r} is not one of l1, l2")

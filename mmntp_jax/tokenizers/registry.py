@@ -4,6 +4,7 @@
     codes = tok.encode(tok.params, images)      # int32 [B, N]
     images = tok.decode(tok.params, codes)      # float32 [B, H, W, C]
     tok.tokens_per_item((32, 32))               # N
+    tok.codebook_size, tok.num_quantizers       # K codes per level, L levels per position
     emb = tok.embed(tok.params, images)         # continuous tokenizers: [B, N, D]
 
 `params` is the module's whole `nnx.State` (parameters and EMA codebooks);
@@ -68,6 +69,11 @@ class Tokenizer:
     def codebook_size(self) -> int:
         """Same as `vocab_size` (the name `mmntp_jax.data.tokenize` uses)."""
         return self.vocab_size
+
+    @property
+    def num_quantizers(self) -> int:
+        """Codes per position (rvq levels, group_vq groups; else 1): the levels `Vocab.for_tokenizers` gives the range."""
+        return int(getattr(getattr(self.config, "quantizer", None), "codes_per_position", 1))
 
     def tokens_per_item(self, shape=None, **options) -> int:
         return self.module().tokens_per_item(shape, **options)

@@ -165,6 +165,11 @@ def write_run_files(workdir: epath.Path, config: Config, vocab, extra: dict) -> 
     (workdir / "config.json").write_text(to_json(config))
     (workdir / "vocab.json").write_text(vocab.to_json())
     (workdir / "provenance.json").write_text(json.dumps(provenance(extra), indent=2))
+    if config.data.source == "shards":  # a BPE the shards were tokenized with becomes the run's text tokenizer
+        from mmntp_jax.data.shards import ShardSet
+        from mmntp_jax.export.text_tokenizer import install_workdir_text_tokenizer
+
+        install_workdir_text_tokenizer(workdir, ShardSet(config.data.path).text_tokenizer(), vocab)
 
 
 def train(config: Config, workdir, *, profile_steps: str | None = None, log=print) -> dict:
@@ -184,8 +189,8 @@ def train(config: Config, workdir, *, profile_steps: str | None = None, log=prin
         log(f"run in {workdir} is complete: step {start} of {config.train.steps}")
         checkpointer.close()
         return {"step": start, "complete": True}
+    state, start = checkpointer.resume(builder.abstract_state(), iterator, log=log)
     if start:
-        state, _ = checkpointer.restore(start, builder.abstract_state(), iterator)
         log(f"resumed from step {start} in {workdir}")
     else:
         state = builder.init_state(config.train.seed)
@@ -253,8 +258,8 @@ def _run(config, builder, mesh, state, iterator, checkpointer, writer, start, pe
                 checkpointer.save(step, state, iterator, force=True)
             if stop.received:
                 break
+        checkpointer.wait()  # with the handler still installed: a second signal cannot abort the final save
     bar.close()
-    checkpointer.wait()
     summary["step"] = step
     if stop.received:
         log(f"{stop.received}: stopped at step {step}; checkpoint saved in {workdir}; run the same command to resume")

@@ -207,10 +207,21 @@ class StepBuilder:
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
+    def _on_mesh(self, fn):
+        """`fn` traced with the mesh as the ambient (abstract) mesh, so the model's logical
+        sharding constraints (`sharding.constrain`) take effect instead of being no-ops."""
+
+        @functools.wraps(fn)
+        def traced(*args):
+            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+                return fn(*args)
+
+        return traced
+
     @functools.cached_property
     def train_step(self):
         return jax.jit(
-            self._train_step,
+            self._on_mesh(self._train_step),
             in_shardings=(self.state_shardings, self.batch_shardings),
             out_shardings=(self.state_shardings, None),
             donate_argnums=(0,),
@@ -219,7 +230,7 @@ class StepBuilder:
     @functools.cached_property
     def eval_step(self):
         fn = lambda params, batch: loss_sums(params, self.graph, batch, loss_chunk=self.loss_chunk, legal=self.legal, loss_weights=self.loss_weights)
-        return jax.jit(fn, in_shardings=(self.state_shardings.params, self.batch_shardings))
+        return jax.jit(self._on_mesh(fn), in_shardings=(self.state_shardings.params, self.batch_shardings))
 
 
 def summarize(sums) -> dict:

@@ -27,7 +27,7 @@ from mmntp_jax.model.block_rules import BlockRules
 from mmntp_jax.model.generate import generate_ids, left_pad
 from mmntp_jax.model.init import graphdef, init_params
 
-CAPTION = 110  # bytes of a typical caption
+CAPTION = 24  # BPE tokens of a typical caption (about 125 bytes)
 
 
 def model_and_vocab(workdir: str | None):
@@ -37,7 +37,7 @@ def model_and_vocab(workdir: str | None):
         run = mm.load(workdir)
         return run.graph, run.params, run.config.model, run.vocab, run.media.block_length("image")
     cfg = load_config(repo_experiment("captioned")).model
-    return graphdef(cfg), init_params(cfg, jax.random.key(0)), cfg, Vocab.build(text=256, image=1000), 64
+    return graphdef(cfg), init_params(cfg, jax.random.key(0)), cfg, Vocab.build(text=cfg.vocab_size - 16 - 1000, image=1000), 64
 
 
 def timed(fn, repeats: int):
@@ -54,14 +54,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--caption-tokens", type=int, default=120)
+    parser.add_argument("--caption-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     graph, params, cfg, vocab, n_codes = model_and_vocab(args.workdir)
     rules = BlockRules.from_vocab(vocab, {"image": n_codes})
     rng = np.random.default_rng(0)
     boi, eoi = vocab.markers("image")
-    text = lambda: rng.integers(vocab.offset("text") + 97, vocab.offset("text") + 122, CAPTION)
+    text = lambda: rng.integers(vocab.offset("text"), vocab.offset("text") + vocab.range_size("text"), CAPTION)
     codes = lambda: rng.integers(vocab.offset("image"), vocab.offset("image") + vocab.range_size("image"), n_codes)
     draw = [np.array([vocab.bos_id, *text(), boi]) for _ in range(args.batch)]
     caption = [np.array([vocab.bos_id, boi, *codes(), eoi]) for _ in range(args.batch)]
