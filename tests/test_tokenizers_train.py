@@ -215,7 +215,9 @@ def test_a_checkpoint_from_before_parameter_ema_restores(tmp_path):
     older = {name: value for name, value in vars(state).items() if name != "ema_params"}
     checkpointer = Checkpointer(tmp_path, async_save=False)
     checkpointer.save(0, older, None, force=True)
-    with pytest.raises(ValueError, match="ema_params"):
+    from mmntp_jax.errors import CheckpointRestoreError
+
+    with pytest.raises(CheckpointRestoreError, match="ema_params"):  # one line naming the missing field
         checkpointer.restore(0, builder.abstract_state())
     restored, _ = checkpointer.restore(0, builder.abstract_state(), optional_fields=("ema_params",))
     checkpointer.close()

@@ -41,7 +41,7 @@ def evaluate_and_save(run, log=print) -> dict:
 
     job = run.config.job
     train, heldout = _manifests(run)
-    log(f"evaluation: step {run.step}, {job.eval_items} held-out items")
+    log(f"evaluation: step {run.step}, the first {job.eval_items} held-out items at most")
     figures, shown = evaluate_run(run, train, heldout, limit=job.eval_items, batch_size=job.generate_batch,
                                   classifier_steps=job.classifier_steps, guidance=job.guidance, temperature=job.temperature)
     folder = eval_dir(run.workdir) / str(run.step)
@@ -73,7 +73,7 @@ def evaluation_stage(workdir: Path, steps: int, log) -> Stage:
         import mmntp_jax as mm
 
         figures = evaluate_and_save(mm.load(workdir), log)
-        shown = {k: figures.get(k) for k in ("caption_accuracy", "image_agreement", "classifier_accuracy")}
+        shown = {k: figures.get(k) for k in ("eval_items", "caption_accuracy", "image_agreement", "classifier_accuracy")}
         log("evaluation: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
         return True
 
