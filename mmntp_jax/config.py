@@ -9,7 +9,6 @@ valid choices.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import types
@@ -28,6 +27,8 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_save
 ATTENTION_IMPLS = ("xla", "reference", "blockwise")
 MASK_KINDS = ("causal", "prefix", "block")  # model.attention_mask; index = PackedBatch `mask_kind`
 SCHEDULES = ("cosine", "wsd", "constant")
+ON_SCHEDULE_CHANGE = ("refuse", "restart_schedule")  # train.on_schedule_change (mmntp_jax/train/resume_check.py)
+DATA_ON_ERROR = ("stop", "skip")  # data.on_error (mmntp_jax/data/records.py)
 JOB_KINDS = ("", "captioned")
 JOB_TEXT_TOKENIZERS = ("bytes", "bpe")
 LossWeights = tuple[tuple[str, float], ...]
@@ -85,6 +86,10 @@ class DataConfig:
     # caption dropout: the probability that a training document's context text before
     # a trained media block is dropped (classifier-free guidance; see data/pipeline.py)
     cfg_dropout: float = 0.0
+    # a bad shard record (truncated, wrong token dtype, id outside the vocabulary):
+    # stop = one error naming shard, record and manifest line; skip = drop it, counted
+    # (data/skipped_records) and listed in WORKDIR/data_errors.jsonl (data/records.py)
+    on_error: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,13 @@ class TrainConfig:
     cpu_devices: int = 0
     compilation_cache: str = field(default="~/.cache/mmntp_jax/xla", metadata={"path": True})
     progress: bool = True
+    # fault guards (train/guards.py): stop after this many steps in a row were not applied
+    # (non-finite loss, gradient norm or parameters; or a loss spike); spike_factor k > 0 also
+    # skips a step whose loss exceeds k × the running mean (0 = off)
+    max_bad_steps: int = 10
+    spike_factor: float = 0.0
+    # resuming with another learning-rate schedule (optim.lr, train.steps, …): refuse | restart_schedule
+    on_schedule_change: str = "refuse"
 
     def __post_init__(self):
         if isinstance(self.loss_weights, dict):  # an experiment may write {"image": 0.5}
@@ -225,19 +237,21 @@ def default_experiment_path() -> Path:
     return repo_experiment(DEFAULT_EXPERIMENT)
 
 
-def load_experiment(path: str | Path) -> Config:
-    """Imports `path` and returns its `get_config()` (a .json file is a resolved config, e.g. a workdir's)."""
+def load_experiment(path: str | Path, expected: type | tuple[type, ...] | None = None):
+    """Imports `path` and returns its `get_config()` (a .json file is a resolved config, e.g. a workdir's);
+    with `expected`, anything else is a ConfigError. Every failure is one ConfigError line naming the file
+    (mmntp_jax/experiment_file.py)."""
+    from mmntp_jax.experiment_file import run_experiment_file
+
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path}: not found")
-    if path.suffix == ".json":
-        return load_json(path)
-    spec = importlib.util.spec_from_file_location(f"mmntp_experiment_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path}: defines no get_config()")
-    return module.get_config()
+        raise ConfigError(f"config file {path}: {'is a directory' if path.is_dir() else 'not found'}")
+    if path.suffix != ".json":
+        return run_experiment_file(path, expected)
+    config = load_json(path)
+    if expected is not None and not isinstance(config, expected):
+        raise ConfigError(f"config file {path}: a resolved training config (.json), expected the .py experiment of a {getattr(expected, '__name__', expected)}")
+    return config
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = (), *, device_count: int | None = None):
@@ -247,7 +261,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *, devic
 
     if path is None:
         path = default_experiment_path()
-    config = resolve_config_paths(apply_overrides(load_experiment(path), overrides))
+    config = resolve_config_paths(apply_overrides(load_experiment(path, Config), overrides))
     validate(config, device_count=device_count)
     return config
 
@@ -369,6 +383,15 @@ def check_loss_weights(weights, key: str = "train.loss_weights") -> None:
         seen.add(name)
 
 
+def check_guard_keys(train, prefix: str = "train") -> None:
+    """train.max_bad_steps ≥ 1, train.spike_factor 0 (off) or > 1, train.on_schedule_change a known choice."""
+    if isinstance(train.max_bad_steps, bool) or not isinstance(train.max_bad_steps, int) or train.max_bad_steps < 1:
+        raise ConfigError(f"config key '{prefix}.max_bad_steps': must be an integer ≥ 1, got {train.max_bad_steps!r}")
+    if not (train.spike_factor == 0 or (math.isfinite(train.spike_factor) and train.spike_factor > 1)):
+        raise ConfigError(f"config key '{prefix}.spike_factor': must be 0 (off) or a finite number > 1, got {train.spike_factor}")
+    _choice(train.on_schedule_change, ON_SCHEDULE_CHANGE, f"{prefix}.on_schedule_change")
+
+
 def mesh_shape(mesh: MeshConfig, device_count: int) -> dict[str, int]:
     """Resolves a -1 axis so the mesh covers `device_count` devices exactly."""
     sizes = mesh.axis_sizes()
@@ -395,6 +418,7 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
     m, t, o, c, d = config.model, config.train, config.optim, config.checkpoint, config.data
     _positive(m, "model", ["vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_seq_len"])
     _positive(t, "train", ["steps", "batch_size", "seq_len"])
+    check_guard_keys(t)
     _positive(c, "checkpoint", ["every", "keep"])
     _positive(o, "optim", ["grad_accum"])
     _choice(m.dtype, DTYPES, "model.dtype")
@@ -419,6 +443,7 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
     from mmntp_jax.data.sources import SOURCES
 
     _choice(d.source, tuple(SOURCES), "data.source")
+    _choice(d.on_error, DATA_ON_ERROR, "data.on_error")
     if m.n_heads % m.n_kv_heads:
         raise ConfigError(f"config key 'model.n_heads': {m.n_heads} is not divisible by model.n_kv_heads={m.n_kv_heads}")
     if not m.head_dim and m.d_model % m.n_heads:
@@ -483,4 +508,16 @@ def from_dict(cls, data: dict[str, Any]):
 
 
 def load_json(path: str | Path) -> Config:
-    return from_dict(Config, json.loads(Path(path).read_text()))
+    """The resolved config saved as JSON (a workdir's config.json); a damaged file is one ConfigError naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as err:  # bad JSON or bad UTF-8
+        raise ConfigError(f"config file {path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a JSON object of config sections, got {type(data).__name__}")
+    try:
+        return from_dict(Config, data)
+    except ConfigError as err:
+        raise ConfigError(f"config file {path}: {err}") from None
+    except (TypeError, AttributeError) as err:  # a section that is not an object, a value of the wrong shape
+        raise ConfigError(f"config file {path}: not a resolved config ({err})") from None

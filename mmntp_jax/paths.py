@@ -11,6 +11,13 @@ A config field is path-valued when its dataclass field carries
 `metadata={"path": True}` (a plain path; "" means unset) or
 `metadata={"path": "entries"}` (a tuple of tuples whose third element, when
 present, is a path: `data.mixture`).
+
+Reading a folder someone else wrote (a Hugging Face model, a shard folder, a
+tokenizer folder) stays inside it: every file such a folder names — an index
+entry, a file that may be a symbolic link — is opened through `inside`, which
+resolves it and refuses (`PathOutsideFolder`, naming the entry) anything that
+lands outside the folder: an absolute name, a `..` that climbs out, a link to
+elsewhere. Links between files of the same folder are fine.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from pathlib import Path
+
+from mmntp_jax.errors import PathOutsideFolder
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -83,3 +93,22 @@ def _resolve_entry(entry):
     if isinstance(entry, (tuple, list)) and len(entry) >= 3 and isinstance(entry[2], str):
         return tuple(entry[:2]) + (resolve_path(entry[2]),) + tuple(entry[3:])
     return entry
+
+
+def inside(folder, name, *, root=None, what: str | None = None) -> Path:
+    """`folder/name`, checked to lie inside `root` (default `folder`) once every symbolic link is resolved.
+
+    Raises `PathOutsideFolder` naming `what` (default: the name) when it does not.
+    The path is returned as joined (messages show the names the user knows); a
+    file that does not exist is returned all the same (its reader reports it).
+    `root` is a folder that holds `folder` and counts as inside too (the
+    Hugging Face cache: a snapshot's files link to its repository's blobs/).
+    """
+    base = Path(os.path.realpath(os.fspath(root if root is not None else folder)))
+    target = Path(os.path.realpath(os.path.join(os.fspath(folder), os.fspath(name))))
+    if target == base or base in target.parents:
+        return Path(folder) / name
+    label, shown = what or repr(os.fspath(name)), os.fspath(root if root is not None else folder)
+    if os.path.isabs(os.fspath(name)) or ".." in Path(os.fspath(name)).parts:
+        raise PathOutsideFolder(f"{label} names a file outside {shown} ({target}); refusing to read it")
+    raise PathOutsideFolder(f"{label} in {shown} leads through a symbolic link to {target}, outside the folder; refusing to read it")

@@ -6,7 +6,9 @@ of the default run by pytest.ini; run them with `pytest -m slow`, or everything
 with `pytest -m "slow or not slow"`.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -16,5 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="mmntp_test_xla_cache_"))
+_CACHE_DIR = tempfile.mkdtemp(prefix="mmntp_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

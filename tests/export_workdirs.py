@@ -40,7 +40,7 @@ def random_workdir(path, cfg: ModelConfig | None = None, *, seed: int = 0, step:
 def trained_workdir(path):
     """Two training steps of the tiny model on a data=2 × fsdp=2 × tensor=2 mesh, started (as after
     `mmntp import hf`) from random parameters saved as a params-only step 0. Returns (path, start params)."""
-    from mmntp_jax.train.loop import train
+    from mmntp_jax.train.backbone import train
 
     config = Config(
         model=ModelConfig(**TINY),

@@ -21,7 +21,7 @@ import pytest
 import mmntp_jax as mm
 from mmntp_jax import cli
 from mmntp_jax.errors import CheckpointRestoreError
-from mmntp_jax.train.loop import train
+from mmntp_jax.train.backbone import train
 from tiny import tiny_config
 
 SMALL = dict(model=dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64),

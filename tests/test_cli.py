@@ -61,9 +61,12 @@ def test_ctrl_c_saves_and_the_same_command_resumes(experiment, tmp_path):
     assert "SIGINT: stopped at step" in err
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and 2 <= saved[-1] < 400
-    resumed = mmntp("train", "--config", experiment, "--workdir", workdir, "--set", "train.steps=" + str(saved[-1] + 2), "--set", "checkpoint.every=1000")
+    shorter = ["--set", "train.steps=" + str(saved[-1] + 2), "--set", "checkpoint.every=1000"]
+    refused = mmntp("train", "--config", experiment, "--workdir", workdir, *shorter)  # another learning-rate schedule
+    assert refused.returncode == 2 and "train.on_schedule_change=restart_schedule" in refused.stderr, refused.stderr
+    resumed = mmntp("train", "--config", experiment, "--workdir", workdir, *shorter, "--set", "train.on_schedule_change=restart_schedule")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resumed from step {saved[-1]}" in resumed.stderr
+    assert f"resumed from step {saved[-1]}" in resumed.stderr and f"a new learning-rate schedule starts at step {saved[-1]}" in resumed.stderr
 
 
 def test_errors_are_one_line(tmp_path):

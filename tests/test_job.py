@@ -75,6 +75,22 @@ def test_a_finished_job_reports_complete(job):
     assert (job / "job.json").read_text() == before
 
 
+@pytest.mark.slow
+def test_a_finished_job_trains_on_with_a_new_schedule_when_asked(tmp_path):
+    workdir = tmp_path / "run"  # a job of its own: a workdir's config names its absolute paths
+    mmntp("train", "--workdir", workdir, *TINY_JOB)
+    longer = [*TINY_JOB, "--set", "train.steps=6", "--set", "train.eval_every=6"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    refused = subprocess.run([sys.executable, "-m", "mmntp_jax.cli", "train", "--workdir", str(workdir), *longer], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "train.steps: 4 → 6" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    command = ["train", "--workdir", workdir, *longer, "--set", "train.on_schedule_change=restart_schedule"]
+    err = mmntp(*command).stderr
+    assert "a new learning-rate schedule starts at step 4" in err
+    assert (workdir / "checkpoints/6").is_dir() and (workdir / "eval/6.json").is_file()
+    again = mmntp(*command).stderr  # the same command again: complete
+    assert all(f"stage {s}: complete" in again for s in ("tokenizer", "data", "backbone", "evaluation", "sheet")), again
+
+
 def test_sample_draws_and_captions(job, capsys):
     assert cli.main(["sample", "--workdir", str(job), "--prompt", "a small red circle at the centre on a blue and light blue plain background",
                      "--generate", "image", "--out", str(job / "s")]) == 0

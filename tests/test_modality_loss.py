@@ -246,7 +246,7 @@ def test_modality_softmax_step_fused_equals_autodiff_and_reports_both_softmaxes(
 
 
 def test_eval_reports_non_finite_losses_with_a_warning():
-    from mmntp_jax.train.loop import evaluate
+    from mmntp_jax.train.backbone import evaluate
 
     model = dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64)
     config = tiny_config(model=model, train=dict(eval_batches=1, batch_size=2, seq_len=32))

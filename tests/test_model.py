@@ -12,7 +12,7 @@ from flax import nnx
 from mmntp_jax.config import ModelConfig
 from mmntp_jax.model import attention
 from mmntp_jax.model.heads import logits, token_losses
-from mmntp_jax.model.layers import apply_rope, rope_cos_sin
+from mmntp_jax.model.layers import apply_rope, dense, rope_cos_sin
 from mmntp_jax.model.transformer import Transformer
 
 CFG = ModelConfig(vocab_size=97, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96, attention_block=8)
@@ -112,6 +112,18 @@ def test_kv_cache_decoding_matches_full_forward(qk_norm):
         return jnp.concatenate([logits(h, m.head_kernel()), rest.swapaxes(0, 1)], axis=1)
 
     np.testing.assert_allclose(prefill_then_steps(params), full, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_equals_numpy_in_value_and_gradient(dtype):
+    rng = np.random.default_rng(0)
+    x_NI, w_IO, g_NO = (rng.standard_normal(s).astype(np.float32) for s in ((24, 16), (16, 8), (24, 8)))
+    out, vjp = jax.vjp(dense, jnp.asarray(x_NI, dtype), jnp.asarray(w_IO, dtype))
+    dx, dw = vjp(jnp.asarray(g_NO, dtype))
+    assert out.dtype == dx.dtype == dw.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 5e-2
+    for got, want in ((out, x_NI @ w_IO), (dx, g_NO @ w_IO.T), (dw, x_NI.T @ g_NO)):
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol * np.abs(want).max())
 
 
 def test_rope_is_rotate_half_layout():

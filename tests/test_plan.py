@@ -21,7 +21,7 @@ from mmntp_jax.cli import main
 from mmntp_jax.config import load_config
 from mmntp_jax.plan.commands import parse_bytes, parse_mesh
 from mmntp_jax.plan.hlo import count_program, shape_bytes
-from mmntp_jax.scaling.flops import flops_breakdown, param_count, training_flops_per_step
+from mmntp_jax.model.flops import flops_breakdown, param_count, training_flops_per_step
 
 EXPERIMENT = str(Path(__file__).with_name("cli_tiny_experiment.py"))
 TWO_LAYERS = ["--set", "model.n_layers=2"]  # a scanned stack: the loop's trip count must be applied

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmntp_jax.config import ModelConfig
-from mmntp_jax.scaling import flops
+from mmntp_jax.model import flops
 
 # d 8, 2 layers, 2 heads of 4, 1 kv head, MLP 16, vocab 10, T 6.
 TINY = ModelConfig(vocab_size=10, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=16, qk_norm=True, max_seq_len=64)

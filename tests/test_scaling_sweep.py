@@ -8,7 +8,7 @@ import pytest
 
 from mmntp_jax.config import CheckpointConfig, Config, ConfigError, DataConfig, ModelConfig, TrainConfig
 from mmntp_jax.scaling import runner
-from mmntp_jax.scaling.flops import param_count, training_flops_per_token
+from mmntp_jax.model.flops import param_count, training_flops_per_token
 from mmntp_jax.scaling.presets import cpu_sweep
 from mmntp_jax.scaling.sweep import SweepConfig, lr_for_width, model_for_width, plan, stable_config, total_flops
 from mmntp_jax.scaling.table import load_runs
@@ -111,7 +111,7 @@ def test_wsd_branch_equals_standalone_run(tmp_path):
     (run,) = plan(sweep)[0]
     runner.run_sweep(sweep, tmp_path / "sweep")
     branched = json.loads((tmp_path / "sweep" / "runs" / run.run_id / "result.json").read_text())
-    from mmntp_jax.train.loop import train
+    from mmntp_jax.train.backbone import train
 
     alone = train(run.config, tmp_path / "alone", log=lambda *a: None)
     assert branched["loss"] == pytest.approx(alone["eval/loss"], abs=1e-5)

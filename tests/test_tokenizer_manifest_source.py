@@ -108,7 +108,7 @@ def test_the_job_tokenizer_learns_the_manifest_images(manifest):
 
 @pytest.mark.slow  # the default suite trains on a manifest source through README's ten-class job (test_readme_commands)
 def test_training_smoke_on_the_manifest_source(manifest, tmp_path):
-    from mmntp_jax.tokenizers.tokenizer_train import train as train_tokenizer
+    from mmntp_jax.train.tokenizer import train as train_tokenizer
 
     train, _ = manifest
     exp = experiment(train, train_items=4, eval_items=2)

@@ -17,7 +17,7 @@ from mmntp_jax.tokenizers.bottleneck import QuantizerConfig
 from mmntp_jax.tokenizers.experiment import LossConfig, TokenizerDataConfig, TokenizerExperiment, TokenizerTrainConfig, to_json
 from mmntp_jax.tokenizers.gan import GanConfig
 from mmntp_jax.tokenizers.image import ImageTokenizerConfig
-from mmntp_jax.tokenizers.train_step import TokenizerStepBuilder, reconstruction_loss
+from mmntp_jax.train.tokenizer_step import TokenizerStepBuilder, reconstruction_loss
 from mmntp_jax.train.metrics import read_metrics
 
 MODEL = ImageTokenizerConfig(image_size=16, factor=4, patch=2, channels=16, channel_mult=(1, 2), num_res_blocks=1, z_channels=16, norm_groups=4,
@@ -115,7 +115,7 @@ def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_output_layer():
     assert float(metrics["gan/weight"]) == pytest.approx(0.5 * norm(g_rec) / (norm(g_gan) + 1e-4), rel=1e-3)
 
 
-def test_parameter_ema_follows_its_recurrence_and_is_what_eval_uses():
+def test_parameter_ema_follows_its_recurrence_is_what_eval_uses_and_ignores_a_skipped_step():
     exp = _experiment(train=TokenizerTrainConfig(steps=4, batch_size=4, ema_decay=0.5, progress=False))
     builder = TokenizerStepBuilder(exp, make_mesh(MeshConfig(data=1), jax.devices()[:1]))
     state = builder.init_state(0)
@@ -132,6 +132,12 @@ def test_parameter_ema_follows_its_recurrence_and_is_what_eval_uses():
     np.testing.assert_array_equal(kernel(averaged), np.asarray(state.ema_params["decoder"]["conv_out"]["conv"]["kernel"][...]))
     np.testing.assert_array_equal(kernel(raw), np.asarray(state.params["decoder"]["conv_out"]["conv"]["kernel"][...]))
     assert not np.allclose(kernel(averaged), kernel(raw))
+    # a step with a non-finite loss is not applied: parameters, their average and the optimizer state stay as they were
+    before = jax.device_get((state.params, state.ema_params, state.codebooks, state.opt_state))
+    state, metrics = builder.train_step(state, jnp.asarray(x * np.nan))
+    assert np.isnan(float(metrics["loss"])) and int(metrics["bad_steps"]) == 1 and int(state.step) == 4
+    for want, got in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get((state.params, state.ema_params, state.codebooks, state.opt_state)))):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 @pytest.mark.slow
@@ -174,7 +180,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     import signal
 
     from mmntp_jax.tokenizers import datasets
-    from mmntp_jax.tokenizers.tokenizer_train import train
+    from mmntp_jax.train.tokenizer import train
     from mmntp_jax.train.checkpoint import Checkpointer
 
     exp = _experiment(train=TokenizerTrainConfig(steps=6, batch_size=8, log_every=1, eval_every=6, samples=0, ema_decay=0.9, progress=False),

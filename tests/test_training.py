@@ -1,6 +1,8 @@
-"""Training semantics: exact resume, gradient accumulation, schedules, weight-decay mask."""
+"""Training semantics: exact resume, gradient accumulation, schedules and their changes on resume, weight-decay mask."""
 
 import json
+import os
+import signal
 
 import jax
 import numpy as np
@@ -11,23 +13,39 @@ from mmntp_jax.api import load
 from mmntp_jax.config import OptimConfig
 from mmntp_jax.data.pipeline import make_dataset
 from mmntp_jax.sharding import make_mesh, shard_batch
-from mmntp_jax.train.loop import RunConflict, train
+from mmntp_jax.train.backbone import BackboneClient, RunConflict, train
 from mmntp_jax.train.metrics import read_metrics
 from mmntp_jax.train.optim import decay_mask, learning_rate_schedule
+from mmntp_jax.train.resume_check import ORIGIN_FILE, RunSpec, schedule_decision
 from mmntp_jax.train.step import StepBuilder
 from tiny import tiny_config
+
+SMALL = dict(model=dict(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=64), train=dict(steps=4, eval_every=100, eval_batches=1), checkpoint=dict(every=2))
 
 
 def train_losses(workdir):
     return {r["step"]: r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r}
 
 
-def test_kill_and_resume_is_bitwise_identical(tmp_path):
+def sigterm_after_step(monkeypatch, step: int) -> None:
+    """The run receives SIGTERM while it fetches the batch of `step` (1-based): it stops after that step."""
+    fetch = BackboneClient.next_batch
+
+    def next_batch(self, index):
+        if index == step - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fetch(self, index)
+
+    monkeypatch.setattr(BackboneClient, "next_batch", next_batch)
+
+
+def test_kill_and_resume_is_bitwise_identical(tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     config = tiny_config(train=dict(steps=6), checkpoint=dict(every=3))
     train(config, straight, log=lambda _: None)
-    first_half = tiny_config(train=dict(steps=3), checkpoint=dict(every=3))
-    train(first_half, resumed, log=lambda _: None)
+    with monkeypatch.context() as patch:
+        sigterm_after_step(patch, 3)
+        assert train(config, resumed, log=lambda _: None)["interrupted"] == "SIGTERM"
     summary = train(config, resumed, log=lambda _: None)  # a new process would do the same
     assert summary["step"] == 6
     assert train_losses(straight) == train_losses(resumed)
@@ -93,3 +111,39 @@ def test_weight_decay_skips_norms():
     updates, _ = tx.update(jax.tree.map(np.zeros_like, values), tx.init(values), values)
     np.testing.assert_allclose(updates["layers"]["mlp"]["up_proj"], -0.1)
     np.testing.assert_array_equal(updates["norm"]["weight"], 0.0)
+
+
+def test_a_changed_schedule_is_refused_then_restarted_at_the_resumed_step(tmp_path):
+    workdir, quiet = tmp_path / "run", (lambda _: None)
+    train(tiny_config(**SMALL), workdir, log=quiet)
+    longer = tiny_config(**{**SMALL, "train": {**SMALL["train"], "steps": 6}})
+    with pytest.raises(RunConflict, match=r"train.steps: 4 → 6 changes the learning rate from step 4 on .*train.on_schedule_change=restart_schedule"):
+        train(longer, workdir, log=quiet)
+    lower = tiny_config(**{**SMALL, "optim": {"lr": 1e-3}})
+    with pytest.raises(RunConflict, match="optim.lr: 0.01 → 0.001"):
+        train(tiny_config(**{**SMALL, "optim": {"lr": 1e-3}, "train": {**SMALL["train"], "steps": 6}}), workdir, log=quiet)
+    assert train(lower, workdir, log=quiet)["complete"]  # nothing left to train: nothing to refuse
+    before = load(workdir).params
+    restarted = tiny_config(**{**SMALL, "optim": {"lr": 1e-3}, "train": {**SMALL["train"], "steps": 6, "on_schedule_change": "restart_schedule"}})
+    messages = []
+    assert train(restarted, workdir, log=messages.append)["step"] == 6
+    assert any("a new learning-rate schedule starts at step 4: 2 warmup steps to lr 0.001" in m for m in messages), messages
+    assert json.loads((workdir / ORIGIN_FILE).read_text())["start_step"] == 4
+    lrs = {r["step"]: r["train/lr"] for r in read_metrics(workdir) if "train/lr" in r}
+    assert lrs[5] == 0.0 and lrs[6] == pytest.approx(5e-4)  # warmup from 0 again, over the 2 remaining steps
+    after = load(workdir)
+    assert after.step == 6 and not np.array_equal(after.params["norm"]["weight"], before["norm"]["weight"])
+    plain = tiny_config(**{**SMALL, "optim": {"lr": 1e-3}, "train": {**SMALL["train"], "steps": 6}})
+    assert train(plain, workdir, log=quiet)["complete"]  # the choice is not needed to rerun
+    assert train(restarted, workdir, log=quiet)["complete"]
+
+
+def test_schedule_changes_that_keep_the_learning_rate_resume_silently():
+    constant = OptimConfig(lr=1e-3, schedule="constant", warmup_steps=10)
+    spec = lambda optim, steps, choice="refuse": RunSpec({}, optim, steps, choice)  # noqa: E731
+    assert schedule_decision("w", spec(constant, 100), spec(constant, 200), 100, "train.steps") is None
+    cosine = OptimConfig(lr=1e-3, schedule="cosine", warmup_steps=10)
+    with pytest.raises(RunConflict, match="from step 50 on"):
+        schedule_decision("w", spec(cosine, 100), spec(cosine, 200), 50, "train.steps: 100 → 200")
+    assert schedule_decision("w", spec(cosine, 100), spec(cosine, 200, "restart_schedule"), 50, "") == 50
+    assert schedule_decision("w", spec(cosine, 100), spec(cosine, 200), 0, "") is None  # nothing trained yet

@@ -13,13 +13,19 @@ order and packs them a window at a time:
 At the end of a finite stream the carried rows are emitted too, so every pair
 of every document appears in exactly one row.
 
+A *dropped document* (a bad record read with `data.on_error=skip`, see
+`records.py`) holds no tokens and an `error` entry: it takes its index in the
+stream like any document and is handed to the data set's `errors`
+(`records.DataErrors`), which counts and lists it.
+
 State (`get_state`) is small JSON: where the current window started, the chunks
-carried into it (as (document index, start, length)) and how many of its rows
-were emitted. `set_state` re-reads the window's documents (and the carried ones,
-by index) and packs it again, which gives the same rows, so a restored iterator
-continues exactly as an uninterrupted one. The reading may run in `num_workers`
-processes (grain `mp_prefetch`): they only read and decode documents, in order,
-and packing stays in this process, so rows do not depend on the worker count.
+carried into it (as (document index, start, length)), how many of its rows
+were emitted and how many documents were dropped before it. `set_state`
+re-reads the window's documents (and the carried ones, by index) and packs it
+again, which gives the same rows (and count), so a restored iterator continues
+exactly as an uninterrupted one. The reading may run in `num_workers` processes
+(grain `mp_prefetch`): they only read and decode documents, in order, and
+packing stays in this process, so rows do not depend on the worker count.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import grain
 import numpy as np
 
 from mmntp_jax.data.packing import best_fit_decreasing, chunk_spans, write_row
+from mmntp_jax.data.records import DataErrors
 
 
 def ensure_absl_flags() -> None:
@@ -45,7 +52,7 @@ class _WindowPackIterator(grain.DatasetIterator):
         super().__init__()
         self._ds = ds
         self._stream = None
-        self._reset(window_start=0, carry=[], window=0)
+        self._reset(window_start=0, carry=[], window=0, skipped=0)
 
     # -- reading -----------------------------------------------------------------
     def _open_stream(self, start: int) -> None:
@@ -63,7 +70,9 @@ class _WindowPackIterator(grain.DatasetIterator):
             self._stream.close()
         self._stream = None
 
-    def _reset(self, window_start: int, carry: list, window: int) -> None:
+    def _reset(self, window_start: int, carry: list, window: int, skipped: int | None) -> None:
+        if skipped is not None:
+            self._ds.errors.restore(skipped)
         self._next_doc = window_start
         self._carry = [tuple(c) for c in carry]
         self._window = window
@@ -73,13 +82,14 @@ class _WindowPackIterator(grain.DatasetIterator):
         self._rows: list[list[tuple[int, int, int]]] = []
         self._emitted = 0
         self._exhausted = False
-        self._state = {"window_start": window_start, "carry": [list(c) for c in self._carry], "window": window}
+        self._state = {"window_start": window_start, "carry": [list(c) for c in self._carry], "window": window, "skipped": self._ds.errors.count}
         self._open_stream(window_start)
 
     # -- packing ----------------------------------------------------------------
     def _pack_window(self) -> None:
         seq_len, budget = self._ds.seq_len, self._ds.window_rows * self._ds.seq_len
-        self._state = {"window_start": self._next_doc, "carry": [list(c) for c in self._carry], "window": self._window}
+        self._state = {"window_start": self._next_doc, "carry": [list(c) for c in self._carry], "window": self._window,
+                       "skipped": self._ds.errors.count}
         items = list(self._carry)
         total = sum(length for _, _, length in items)
         while total < budget:
@@ -90,6 +100,9 @@ class _WindowPackIterator(grain.DatasetIterator):
                 break
             key = self._next_doc
             self._next_doc += 1
+            if "error" in doc:
+                self._ds.errors.record(doc["error"])
+                continue
             chunks = chunk_spans(doc["tokens"], seq_len, where=f"document {key} of the stream")
             if chunks:
                 self._cache[key] = doc
@@ -125,7 +138,7 @@ class _WindowPackIterator(grain.DatasetIterator):
         return {**self._state, "emitted": self._emitted}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._reset(int(state["window_start"]), state["carry"], int(state["window"]))
+        self._reset(int(state["window_start"]), state["carry"], int(state["window"]), state.get("skipped"))
         emitted = int(state["emitted"])
         if emitted:
             self._pack_window()
@@ -141,7 +154,8 @@ class WindowPackIterDataset(grain.IterDataset):
     """Packs a MapDataset of documents into rows of `seq_len` pairs (see module doc)."""
 
     def __init__(self, docs: grain.MapDataset, seq_len: int, *, window_rows: int = 64, carry_rows: int = 4, seed: int = 0,
-                 shuffle: bool = True, read_options: grain.ReadOptions | None = None, num_workers: int = 0):
+                 shuffle: bool = True, read_options: grain.ReadOptions | None = None, num_workers: int = 0,
+                 errors: DataErrors | None = None):
         super().__init__(docs)
         if seq_len <= 0:
             raise ValueError(f"seq_len must be > 0, got {seq_len}")
@@ -150,6 +164,7 @@ class WindowPackIterDataset(grain.IterDataset):
         self.docs, self.seq_len, self.seed, self.shuffle = docs, int(seq_len), int(seed), bool(shuffle)
         self.window_rows, self.carry_rows, self.num_workers = int(window_rows), int(carry_rows), int(num_workers)
         self.read_options = read_options or grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+        self.errors = errors if errors is not None else DataErrors()
 
     def __iter__(self) -> _WindowPackIterator:
         return _WindowPackIterator(self)

@@ -37,6 +37,11 @@ from mmntp_jax.data.vocab import BEGIN_IDS, END_IDS
 ROW_FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "modality", "block_ids", "mask_kind")
 
 
+_MARKER_LO, _MARKER_HI = min(BEGIN_IDS + END_IDS), max(BEGIN_IDS + END_IDS)
+_MARKER_KIND = np.zeros(_MARKER_HI + 1, np.int8)  # 1 begin marker, 2 end marker, 0 other id
+_MARKER_KIND[list(BEGIN_IDS)], _MARKER_KIND[list(END_IDS)] = 1, 2
+
+
 class BlockTooLongError(ValueError):
     """A modality block has more tokens than a packed row holds."""
 
@@ -44,8 +49,11 @@ class BlockTooLongError(ValueError):
 def block_spans(tokens) -> np.ndarray:
     """`[K, 2]` inclusive (begin, end) token indices of the blocks of a document."""
     tokens = np.asarray(tokens)
-    begins = np.flatnonzero(np.isin(tokens, BEGIN_IDS))
-    ends = np.flatnonzero(np.isin(tokens, END_IDS))
+    near = np.flatnonzero((tokens >= _MARKER_LO) & (tokens <= _MARKER_HI))  # markers are a few small ids: look only there
+    if not near.size:
+        return np.zeros((0, 2), np.int64)
+    kind = _MARKER_KIND[tokens[near]]
+    begins, ends = near[kind == 1], near[kind == 2]
     ok = begins.size == ends.size and bool(np.all(begins < ends)) and bool(np.all(ends[:-1] < begins[1:]))
     if ok and begins.size:
         ok = bool(np.all(tokens[ends] == tokens[begins] + 1))  # <boi>/<eoi> etc. are consecutive ids

@@ -23,6 +23,14 @@ dicts with the process-local batch `[B / process_count, T]`:
 Its iterator's `get_state()` (JSON) / `set_state()` are saved with each
 checkpoint, so a resumed run sees exactly the batches an uninterrupted one
 would have seen. The output does not depend on `data.num_workers`.
+
+Bad records (`records.py`): with `data.on_error=stop` the first one raises
+`DataError` naming shard, record and manifest line; with `skip` it is dropped
+and counted in the returned data set's `data_errors` (`records.DataErrors`:
+`.count`, `.write_report(path)`), which the training loop logs as
+`data/skipped_records` and writes to WORKDIR/data_errors.jsonl. The count is
+part of the iterator state, so it resumes with the run; it runs ahead of
+training by what the packer and the prefetch have read.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from mmntp_jax.config import ConfigError
 from mmntp_jax.data.documents import ContextDropout
 from mmntp_jax.data.pack_iter import WindowPackIterDataset
 from mmntp_jax.data.packing import empty_row
+from mmntp_jax.data.records import DataErrors
 from mmntp_jax.data.vocab import BEGIN_IDS
 from mmntp_jax.data.sources import get_source
 
@@ -66,18 +75,22 @@ def make_documents(config, split: str = "train", *, process_index: int = 0, proc
 
 
 def make_dataset(config, split: str = "train", *, process_index: int = 0, process_count: int = 1, batch_size: int | None = None,
-                 prefetch: bool = True):
-    """PackedBatch stream for `split`; train repeats forever, eval is finite and fixed."""
+                 prefetch: bool = True, errors: DataErrors | None = None):
+    """PackedBatch stream for `split`; train repeats forever, eval is finite and fixed.
+    Dropped records are counted in `errors` (a new `DataErrors` when None), which the
+    returned data set also holds as `data_errors`."""
     try:
         vocab, docs = make_documents(config, split, process_index=process_index, process_count=process_count)
         vocab.check_model_vocab(config.model.vocab_size)
     except (ValueError, KeyError) as err:
         raise ConfigError(str(err)) from None
     window = max(2, config.data.pack_window)
+    errors = errors if errors is not None else DataErrors()
     rows = WindowPackIterDataset(
         docs, config.train.seq_len, window_rows=window, carry_rows=window // 2, seed=config.train.seed,
         shuffle=split == "train", num_workers=config.data.num_workers,
         read_options=grain.ReadOptions(num_threads=config.data.read_threads, prefetch_buffer_size=32 if config.data.read_threads else 0),
+        errors=errors,
     )
     batch = batch_size or local_batch_size(config.train.batch_size, process_count)
     if split == "train":
@@ -86,6 +99,7 @@ def make_dataset(config, split: str = "train", *, process_index: int = 0, proces
         batches = rows.batch(batch, drop_remainder=False).map(FillBatch(batch))
     if prefetch:
         batches = ThreadPrefetch(batches)
+    batches.data_errors = errors
     return vocab, batches
 
 

@@ -15,7 +15,9 @@ The settings (manifest size, shard size, vocabulary, text tokenizer, seq_len)
 are recorded in `prepare.json`; resuming with different settings is an error.
 With `on_error="skip"` a bad document is left out and reported (line and
 reason) in its shard's statistics and in `report.json`; otherwise the first bad
-document stops the run with an error naming manifest, line and field.
+document stops the run with an error naming manifest, line and field. Each
+shard's statistics list the manifest line of every record it holds (`lines`),
+so a record found bad when read is named by its line even if it is damaged.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def prepare_shard(manifest: Manifest, out: Path, shard: int, options: PrepareOpt
     start = shard * options.docs_per_shard
     stop = min(len(manifest), start + options.docs_per_shard)
     writer = ShardWriter(out, shard, token_dtype)
-    stats = new_stats(shard, start, stop)
+    stats = {**new_stats(shard, start, stop), "lines": []}
     try:
         entries = list(manifest.read(start, stop))
         for g in range(0, len(entries), options.group_size):
@@ -86,6 +88,7 @@ def prepare_shard(manifest: Manifest, out: Path, shard: int, options: PrepareOpt
                     continue
                 writer.write(result, {"line": line, **doc.meta})
                 add_doc_stats(stats, result)
+                stats["lines"].append(line)
             if progress is not None:
                 progress(len(group))
     except BaseException:

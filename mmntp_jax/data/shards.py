@@ -7,16 +7,24 @@ A prepared data set is a folder:
     tokenizer.json            the BPE text tokenizer, when one is used
     shard-00000.array_record  documents of manifest range [0, S), in manifest order
     shard-00000.json          that shard's statistics; its presence marks the shard complete
+                              (`lines`: the manifest line of each record, when prepared
+                              from a manifest)
     …
 
 A record is little-endian binary:
 
     u32 n | u32 m | tokens (n × token_dtype) | modality (n × u8) | loss (n × u8) | meta (m bytes, UTF-8 JSON)
 
-`token_dtype` is uint16 when the vocabulary has at most 65 536 ids, else int32.
+`token_dtype` is uint16 when the vocabulary has at most 65 536 ids, else int32;
+ids that do not fit it (or the vocabulary) are refused when written.
 Records are written with ArrayRecord `group_size:1` so any document can be read
 directly (grain's random access). Files are written under a temporary name and
 renamed when complete, so a crash never leaves a half shard that looks done.
+
+`ShardSet(folder).documents()` reads records through `records.RecordReader`,
+which checks each one (size, token dtype, id range) and names a bad one by
+shard, record and manifest line; `data.on_error` says whether that stops the
+run or drops the record with a count.
 """
 
 from __future__ import annotations
@@ -47,6 +55,9 @@ def shard_name(index: int) -> str:
 
 def encode_record(doc: dict[str, np.ndarray], token_dtype: str, meta: dict | None = None) -> bytes:
     tokens = np.asarray(doc["tokens"])
+    limit = np.iinfo(token_dtype)
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) > limit.max):
+        raise ValueError(f"token ids [{int(tokens.min())}, {int(tokens.max())}] do not fit token_dtype={token_dtype!r} [0, {limit.max}]")
     meta_bytes = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode() if meta else b""
     return b"".join([
         HEADER.pack(tokens.size, len(meta_bytes)),
@@ -100,7 +111,7 @@ def write_index(folder: Path, stats: list[dict], settings: dict, text_tokenizer:
     skipped = [s for st in stats for s in st["skipped"]]
     info = {
         "format": FORMAT, "version": VERSION, **settings, "text_tokenizer": text_tokenizer,
-        "shards": [{"path": st["path"], "docs": st["docs"], "tokens": st["tokens"]} for st in stats],
+        "shards": [{"path": st["path"], "docs": st["docs"], "tokens": st["tokens"], "max_len": st["max_len"]} for st in stats],
         "docs": sum(st["docs"] for st in stats), "tokens": sum(st["tokens"] for st in stats),
         "max_block": max(st["max_block"] for st in stats), "skipped": len(skipped),
     }
@@ -115,6 +126,9 @@ def write_documents(folder, docs, vocab: Vocab, docs_per_shard: int = 1024) -> "
     folder.mkdir(parents=True, exist_ok=True)
     dtype, stats, writer = token_dtype_for(vocab), [], None
     for i, doc in enumerate(docs):
+        tokens = np.asarray(doc["tokens"])
+        if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab.size):
+            raise ValueError(f"{folder}: document {i} has token ids in [{int(tokens.min())}, {int(tokens.max())}], outside the vocabulary [0, {vocab.size})")
         if i % docs_per_shard == 0:
             if writer is not None:
                 writer.commit(stats[-1])
@@ -170,7 +184,10 @@ class ShardSet:
         if self.info.get("format") != FORMAT or self.info.get("version") != VERSION:
             raise ValueError(f"{index}: not a {FORMAT} v{VERSION} index (format={self.info.get('format')!r}, version={self.info.get('version')!r})")
         self.vocab = Vocab.from_json(json.dumps(self.info["vocab"]))
-        self.token_dtype = self.info["token_dtype"]
+        self.token_dtype = self.info.get("token_dtype")
+        from mmntp_jax.data.records import check_token_dtype
+
+        check_token_dtype(self.token_dtype, self.vocab.size, str(index))
         self.paths = [str(self.folder / s["path"]) for s in self.info["shards"] if s["docs"] > 0]
 
     def __len__(self) -> int:
@@ -186,16 +203,14 @@ class ShardSet:
 
         return grain.sources.ArrayRecordDataSource(self.paths)
 
-    def documents(self, with_meta: bool = False):
-        """A grain MapDataset of decoded documents, in manifest order."""
-        import functools
-
-        import grain
+    def documents(self, with_meta: bool = False, on_error: str = "stop", hint: str = ""):
+        """A grain MapDataset of validated documents, in manifest order; a bad record raises
+        `records.DataError` (on_error="stop") or is a dropped document ("skip"; see records.py)."""
+        from mmntp_jax.data.records import RecordReader
 
         if not self.paths:
             raise ValueError(f"{self.folder}: the data set holds no documents")
-        decode = functools.partial(decode_record, token_dtype=self.token_dtype, with_meta=with_meta)
-        return grain.MapDataset.source(self.source()).map(decode)
+        return RecordReader(self, on_error=on_error, with_meta=with_meta, hint=hint).dataset()
 
     def shard_stats(self) -> list[dict]:
         return [json.loads((self.folder / s["path"]).with_suffix(".json").read_text()) for s in self.info["shards"]]

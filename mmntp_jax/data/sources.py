@@ -5,7 +5,9 @@ grain `MapDataset` of tokenized documents (see `documents.py`):
 
     stdlib    byte-level documents from the Python standard library's source files
               (whole files, or pieces of at most `data.piece_bytes` bytes each)
-    shards    a folder made by `mmntp data prepare` (`data.path`)
+    shards    a folder made by `mmntp data prepare` (`data.path`); each record is
+              validated when read, and a bad one stops the run or is dropped
+              per `data.on_error` (see `records.py`)
     mixture   several sources with weights (`data.mixture`, see below)
 
 `data.mixture` lists `(source, weight)` or `(source, weight, path)` entries,
@@ -90,6 +92,9 @@ class _Take:
         return self.docs[int(index)]
 
 
+SKIP_HINT = "; `--set data.on_error=skip` drops bad records (counted, listed in WORKDIR/data_errors.jsonl)"
+
+
 def shards_source(config, split: str):
     """Documents of a prepared folder; eval = a hashed `data.eval_fraction` of them."""
     from mmntp_jax.data.shards import ShardSet
@@ -100,7 +105,7 @@ def shards_source(config, split: str):
     if shards.max_block > config.train.seq_len:
         raise ValueError(f"data.path={config.data.path} holds blocks of {shards.max_block} tokens, longer than "
                          f"train.seq_len={config.train.seq_len}; blocks are never split")
-    docs = shards.documents()
+    docs = shards.documents(on_error=config.data.on_error, hint=SKIP_HINT if config.data.on_error == "stop" else "")
     mask = eval_mask(len(docs), config.data.eval_fraction)
     indices = np.flatnonzero(mask if split == "eval" else ~mask)
     if indices.size == 0:

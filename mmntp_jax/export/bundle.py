@@ -16,6 +16,7 @@ modality codes, and which tokenizers the bundled decoder handles.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -27,29 +28,41 @@ GENERATION_FILES = {"hf_generation.py": "mmntp_generation.py", "hf_image_decoder
 DECODABLE = {"image": ("fsq", "vq", "lfq", "bsq")}  # as hf_image_decoder.DECODABLE (tokenizer kind → quantizer kinds)
 
 
-def modality_tokenizers(workdir, vocab: Vocab) -> dict[str, Path]:
-    """{modality: folder} of the workdir's modality tokenizers, checked complete."""
-    root = Path(str(workdir)) / "tokenizers"
+def modality_tokenizers(workdir, vocab: Vocab, *, root=None) -> dict[str, Path]:
+    """{modality: folder} of the workdir's (or model folder's) modality tokenizers, checked complete;
+    their files must lie inside the folder (`root`: a folder that counts as inside, see `mmntp_jax.paths.inside`)."""
+    from mmntp_jax.paths import inside
+
+    base = Path(str(workdir))
+    tokenizers = inside(base, "tokenizers", root=root)
     found = {}
-    if not root.is_dir():
+    if not tokenizers.is_dir():
         return found
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "text"):
-        missing = [name for name in TOKENIZER_FILES if not (folder / name).is_file()]
+    for name in sorted(p.name for p in tokenizers.iterdir() if p.is_dir() and p.name != "text"):
+        folder = inside(base, Path("tokenizers") / name, root=root)
+        missing = [f for f in TOKENIZER_FILES if not inside(folder, f, root=root).is_file()]
         if missing:
             raise FileNotFoundError(f"modality tokenizer {folder} lacks {', '.join(missing)} (expected {', '.join(TOKENIZER_FILES)})")
-        if vocab.range_size(folder.name) == 0:
+        if vocab.range_size(name) == 0:
             ranges = ", ".join(m for m, _ in vocab.ranges)
             raise ValueError(f"modality tokenizer {folder} has no id range in the vocab (ranges: {ranges})")
-        found[folder.name] = folder
+        found[name] = folder
     return found
 
 
-def copy_modality_tokenizers(found: dict[str, Path], out) -> list[str]:
-    """Copies each tokenizer folder to OUT/tokenizers/<modality>/; returns the copied paths."""
+def copy_modality_tokenizers(found: dict[str, Path], out, *, root=None) -> list[str]:
+    """Copies each tokenizer folder to OUT/tokenizers/<modality>/, refusing a file that lies outside
+    its folder (or `root`); returns the copied paths."""
+    from mmntp_jax.paths import inside
+
     copied = []
     for modality, folder in found.items():
         target = Path(out) / "tokenizers" / modality
-        shutil.copytree(folder, target)
+
+        def copy_inside(source, destination, folder=folder):
+            return shutil.copy2(inside(folder, os.path.relpath(source, folder), root=root), destination)
+
+        shutil.copytree(folder, target, copy_function=copy_inside)
         copied += [str(p.relative_to(out)) for p in sorted(target.rglob("*")) if p.is_file()]
     return copied
 

@@ -23,27 +23,38 @@ rows of the checkpoint's own pad/bos/eos tokens when its config names them. The
 mean keeps the new tokens' initial logits at the average logit, so they do not
 take probability mass from the text before they are trained; the noise makes
 the rows distinct.
+
+Only files inside the model folder are read (`mmntp_jax.paths.inside`): an
+index entry naming `../…` or an absolute path, or a file that is a symbolic
+link out of the folder, is refused with one line naming it. A snapshot of the
+Hugging Face cache (`…/models--ORG--NAME/snapshots/REV/`) links its files to
+the repository's `blobs/`, so there the repository folder counts as the
+folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from mmntp_jax.config import Config, validate
 from mmntp_jax.data.vocab import DEFAULT_N_SPECIALS, Vocab
+from mmntp_jax.errors import FileFormatError
 from mmntp_jax.export import hf_layout, text_tokenizer
 from mmntp_jax.export.bundle import copy_modality_tokenizers, modality_tokenizers
 from mmntp_jax.export.checkpoint_tools import write_params_workdir
 from mmntp_jax.export.hf import VOCAB_FILE
 from mmntp_jax.export.safetensors_io import SafetensorsReader
 from mmntp_jax.export.staging import check_output, staged_output
+from mmntp_jax.paths import inside
 
 NEW_ROW_NOISE = 0.1
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # buffers some older checkpoints carry
+REQUIRED_CONFIG_KEYS = ("vocab_size", "hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
 
 
 def _first_id(value):
@@ -64,13 +75,32 @@ def extend_rows(rows_VD: np.ndarray, vocab: Vocab, size: int, copies: dict[int, 
     return out_VD
 
 
+def model_root(folder: Path) -> Path:
+    """The folder whose files the model folder may link to: the repository for a Hugging Face cache snapshot, else itself."""
+    real = Path(os.path.realpath(folder))
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        return real.parent.parent
+    return folder
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:  # bad JSON or bad UTF-8
+        raise FileFormatError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise FileFormatError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def _plan_vocab(folder: Path, hf: dict, modalities: dict[str, int], n_specials: int):
     """(vocab, model vocab_size, {new id: old id} special copies, text id shift) for the checkpoint."""
     v_hf = int(hf["vocab_size"])
-    if (folder / VOCAB_FILE).exists():
+    vocab_file = inside(folder, VOCAB_FILE, root=model_root(folder))
+    if vocab_file.exists():
         if any(modalities.values()):
             raise ValueError(f"{folder} is an mmntp_jax export with its own vocabulary ({VOCAB_FILE}); it cannot be extended on import")
-        return Vocab.load(folder / VOCAB_FILE), v_hf, {}, 0
+        return Vocab.from_json(json.dumps(_read_json(vocab_file))), v_hf, {}, 0
     vocab = Vocab((("text", v_hf),) + tuple((m, n) for m, n in modalities.items() if n), n_specials)
     copies = {}
     for ours, key in ((vocab.pad_id, "pad_token_id"), (vocab.bos_id, "bos_token_id"), (vocab.eos_id, "eos_token_id")):
@@ -122,7 +152,7 @@ def _read_params(reader: SafetensorsReader, cfg, vocab: Vocab, vocab_size: int, 
 
 def _text_tokenizer(folder: Path, vocab: Vocab, shift: int) -> tuple[str | None, str | None]:
     """(tokenizer.json text with unified ids or None, a warning or None)."""
-    path = folder / "tokenizer.json"
+    path = inside(folder, "tokenizer.json", root=model_root(folder))
     if not path.exists():
         return None, f"{folder} has no tokenizer.json: the workdir gets no text tokenizer"
     try:
@@ -138,11 +168,16 @@ def _text_tokenizer(folder: Path, vocab: Vocab, shift: int) -> tuple[str | None,
 def import_hf(model_dir, out, *, config: Config | None = None, modalities: dict[str, int] | None = None, n_specials: int = DEFAULT_N_SPECIALS, force: bool = False) -> dict:
     """Writes a params-only workdir at `out` from the Hugging Face folder `model_dir`; returns a summary."""
     folder = Path(model_dir)
-    if not (folder / "config.json").is_file():
+    root = model_root(folder)
+    config_file = inside(folder, "config.json", root=root)
+    if not config_file.is_file():
         raise FileNotFoundError(f"{folder} is not a Hugging Face model folder: config.json is missing")
     check_output(out, force)
-    hf = json.loads((folder / "config.json").read_text())
-    reader = SafetensorsReader.from_folder(folder)
+    hf = _read_json(config_file)
+    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in hf]
+    if missing:
+        raise FileFormatError(f"{config_file}: no {', '.join(missing)} (expected the config of a Llama, Mistral or Qwen3 model, got model_type {hf.get('model_type')!r})")
+    reader = SafetensorsReader.from_folder(folder, root=root)
     config = config or Config()
     vocab, vocab_size, copies, shift = _plan_vocab(folder, hf, dict(modalities or {}), n_specials)
     model = hf_layout.model_config_from_hf(hf, config.model, vocab_size)
@@ -153,7 +188,7 @@ def import_hf(model_dir, out, *, config: Config | None = None, modalities: dict[
     vocab.check_model_vocab(model.vocab_size)
     params = _read_params(reader, model, vocab, vocab_size, copies, shift, config.train.seed)
     tokenizer_json, warning = _text_tokenizer(folder, vocab, shift)
-    tokenizers = modality_tokenizers(folder, vocab)
+    tokenizers = modality_tokenizers(folder, vocab, root=root)
     extra = {"imported_from": {"folder": str(folder.absolute()), "model_type": hf.get("model_type"), "text_id_shift": shift, "new_row_noise": NEW_ROW_NOISE}}
     with staged_output(out, force) as stage:
         write_params_workdir(stage, config, vocab, params, 0, extra)
@@ -161,7 +196,7 @@ def import_hf(model_dir, out, *, config: Config | None = None, modalities: dict[
             path = stage.joinpath(*text_tokenizer.TEXT_TOKENIZER_PATH)
             path.parent.mkdir(parents=True)
             path.write_text(tokenizer_json)
-        copy_modality_tokenizers(tokenizers, stage)
+        copy_modality_tokenizers(tokenizers, stage, root=root)
     return {
         "out": str(out), "architecture": hf_layout.architecture(model), "vocab_size": model.vocab_size, "text_id_shift": shift,
         "ranges": [list(r) for r in vocab.ranges], "text_tokenizer": tokenizer_json is not None, "modality_tokenizers": sorted(tokenizers),

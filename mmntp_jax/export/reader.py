@@ -91,7 +91,10 @@ class CheckpointReader:
         self.state_dir = self.workdir / "checkpoints" / str(self.step) / "state"
         self.config: Config = load_json(self.workdir / "config.json")
         vocab_path = self.workdir / "vocab.json"
-        self.vocab = Vocab.load(vocab_path) if vocab_path.exists() else None
+        try:
+            self.vocab = Vocab.load(vocab_path) if vocab_path.exists() else None
+        except (ValueError, KeyError, TypeError) as err:  # bad JSON, or JSON that is no vocabulary
+            raise CheckpointError(f"{vocab_path}: not a readable vocabulary ({type(err).__name__}: {err})") from None
         self._tree = None
         self._stores: dict = {}
         self._block = None  # (key, first index, array): the storage chunk row last read
@@ -104,10 +107,17 @@ class CheckpointReader:
             import jax
             import orbax.checkpoint as ocp
 
+            from mmntp_jax.errors import describe, library_failure
+
             try:
-                meta = ocp.PyTreeCheckpointer().metadata(self.state_dir).item_metadata.tree
-            except Exception as err:  # orbax raises several types for unreadable folders
-                raise CheckpointError(f"cannot read checkpoint metadata in {self.state_dir}: {err}") from err
+                item = ocp.PyTreeCheckpointer().metadata(self.state_dir).item_metadata
+            except Exception as err:
+                if library_failure(err) is None:
+                    raise
+                raise CheckpointError(f"cannot read checkpoint metadata in {self.state_dir}: {describe(library_failure(err)[1])}") from err
+            if item is None:  # orbax logs why and returns nothing when state/_METADATA is missing or damaged
+                raise CheckpointError(f"cannot read checkpoint metadata in {self.state_dir}: orbax finds no readable metadata (state/_METADATA or the array index missing or damaged)")
+            meta = item.tree
             is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
             self._tree = jax.tree.map(_array_info, meta, is_leaf=is_leaf)
         return self._tree

@@ -23,6 +23,8 @@ from typing import Callable, Iterable
 import ml_dtypes
 import numpy as np
 
+from mmntp_jax.errors import FileFormatError
+
 DTYPE_CODES = {
     np.dtype(np.float64): "F64",
     np.dtype(np.float32): "F32",
@@ -147,30 +149,79 @@ def parse_size(text: str) -> int:
     return value
 
 
+def _weight_map(index: Path) -> dict[str, str]:
+    """{tensor: file name} of a `model.safetensors.index.json`, checked to be that."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (ValueError, AttributeError) as err:  # bad JSON, bad UTF-8, not an object
+        raise FileFormatError(f"{index}: not a safetensors index ({err or type(err).__name__})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise FileFormatError(f"{index}: 'weight_map' must map tensor names to file names")
+    return weight_map
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    """(the tensors of a safetensors file's header, its length N), every entry checked against the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (None,)
+        if n is None or n > size - 8:
+            raise FileFormatError(f"{path}: not a safetensors file (header length {n} does not fit the file's {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as err:
+            raise FileFormatError(f"{path}: not a safetensors file (header is not JSON: {err})") from None
+    if not isinstance(header, dict):
+        raise FileFormatError(f"{path}: not a safetensors file (header is not a JSON object)")
+    header.pop("__metadata__", None)
+    for name, info in header.items():
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise FileFormatError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
+        if dtype not in CODE_DTYPES:
+            raise FileFormatError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        expected = int(np.prod(shape, dtype=np.int64)) * CODE_DTYPES[dtype].itemsize
+        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= size - 8 - n and end - begin == expected):
+            raise FileFormatError(f"{path}: tensor {name} has data_offsets {[begin, end]}, which do not hold its {expected} bytes inside the file")
+    return header, n
+
+
 class SafetensorsReader:
-    """Lazy reader of one file or a sharded set (folder with an index); arrays are memory-mapped."""
+    """Lazy reader of one file or a sharded set (folder with an index); arrays are memory-mapped.
+
+    A header that does not fit its file, is not JSON, or places a tensor outside
+    the data is refused with a FileFormatError (a ValueError) naming the file and the tensor.
+    `from_folder` opens only files inside the folder (`mmntp_jax.paths.inside`):
+    an index entry naming `../…` or an absolute path, or a file that is a
+    symbolic link out of the folder, is refused naming the entry.
+    """
 
     def __init__(self, files: Iterable):
         self._entries: dict[str, tuple[Path, dict, int]] = {}
         for path in files:
             path = Path(path)
-            with open(path, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-            header.pop("__metadata__", None)
+            header, n = _read_header(path)
             for name, info in header.items():
-                if info["dtype"] not in CODE_DTYPES:
-                    raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
                 self._entries[name] = (path, info, 8 + n)
 
     @classmethod
-    def from_folder(cls, folder) -> "SafetensorsReader":
+    def from_folder(cls, folder, *, root=None) -> "SafetensorsReader":
+        """The model in `folder` (`root`: a folder holding it whose files count as inside, see `inside`)."""
+        from mmntp_jax.paths import inside
+
         folder = Path(folder)
-        if (folder / INDEX_NAME).exists():
-            weight_map = json.loads((folder / INDEX_NAME).read_text())["weight_map"]
-            return cls(folder / name for name in sorted(set(weight_map.values())))
-        if (folder / SINGLE_NAME).exists():
-            return cls([folder / SINGLE_NAME])
+        index = inside(folder, INDEX_NAME, root=root)
+        if index.exists():
+            first_tensor = {}
+            for tensor, name in _weight_map(index).items():
+                first_tensor.setdefault(name, tensor)
+            entry = lambda name, tensor: f"{index.name} weight_map entry {tensor!r} → {name!r}"
+            return cls(inside(folder, name, root=root, what=entry(name, tensor)) for name, tensor in sorted(first_tensor.items()))
+        single = inside(folder, SINGLE_NAME, root=root)
+        if single.exists():
+            return cls([single])
         raise FileNotFoundError(f"{folder}: no {SINGLE_NAME} or {INDEX_NAME} (only safetensors checkpoints are read)")
 
     def keys(self) -> list[str]:

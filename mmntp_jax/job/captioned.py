@@ -8,7 +8,7 @@
                WORKDIR/data/train/, held-out pairs under WORKDIR/data/heldout/; or
                `data.manifest` / `data.eval_manifest`), tokenized into WORKDIR/data/tokens/
                with that tokenizer (images of any size, grey or colour, are fitted to it)
-    backbone   the unified model trained on the shards (`train.loop.train`), whose
+    backbone   the unified model trained on the shards (`train.backbone.train`), whose
                checkpoints, config.json and metrics live in WORKDIR itself, so `mmntp eval`,
                `mmntp sample` and `mm.load` take WORKDIR as for any run
     evaluation, sheet   `job/report.py`: captions and drawings of the held-out set, judged
@@ -99,7 +99,7 @@ def tokenizer_stage(config: Config, workdir: Path, log) -> Stage:
         if config.job.tokenizer:
             _install_tokenizer(Path(config.job.tokenizer), target)
             return True
-        from mmntp_jax.tokenizers.tokenizer_train import train as train_tokenizer
+        from mmntp_jax.train.tokenizer import train as train_tokenizer
 
         run_dir = workdir / "tokenizer_run"
         summary = train_tokenizer(tokenizer_experiment(config), run_dir, log=log)
@@ -193,7 +193,7 @@ def latest_step(workdir: Path) -> int:
 
 def backbone_stage(config: Config, workdir: Path, log, profile_steps=None) -> Stage:
     def run() -> bool:
-        from mmntp_jax.train.loop import train
+        from mmntp_jax.train.backbone import train
 
         summary = train(backbone_config(config, workdir), workdir, profile_steps=profile_steps, log=log)
         return not summary.get("interrupted")
@@ -204,7 +204,7 @@ def backbone_stage(config: Config, workdir: Path, log, profile_steps=None) -> St
 def run_captioned_job(config: Config, workdir, *, log=print, profile_steps=None) -> dict:
     """Runs the stages not yet complete; returns {"complete", "stages"}."""
     from mmntp_jax.config import to_json
-    from mmntp_jax.train.loop import check_workdir_config
+    from mmntp_jax.train.backbone import check_workdir_config
 
     workdir = Path(workdir)
     check_workdir_config(workdir, backbone_config(config, workdir))  # the same job, or a RunConflict before any work

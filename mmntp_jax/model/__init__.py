@@ -1,1 +1,1 @@
-"""The decoder-only backbone: layers, attention, transformer, heads, generation."""
+"""The decoder-only backbone: layers, attention, transformer, heads, generation, the FLOP count."""

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmntp_jax.config import MASK_KINDS
-from mmntp_jax.model.layers import RMSNorm, apply_rope, param
+from mmntp_jax.model.layers import RMSNorm, apply_rope, param, project
 from mmntp_jax.sharding import constrain
 
 NEG_INF = -1e30
@@ -203,10 +203,9 @@ class Attention(nnx.Module):
         self.block = cfg.attention_block
 
     def project(self, x_BTD, cos_BTE, sin_BTE):
-        dtype = x_BTD.dtype
-        q_BTHE = jnp.einsum("BTD,DHE->BTHE", x_BTD, self.q_proj[...].astype(dtype))
-        k_BTKE = jnp.einsum("BTD,DKE->BTKE", x_BTD, self.k_proj[...].astype(dtype))
-        v_BTKE = jnp.einsum("BTD,DKE->BTKE", x_BTD, self.v_proj[...].astype(dtype))
+        b, t, d = x_BTD.shape
+        heads = lambda w_DHE: project(x_BTD, w_DHE.reshape(d, -1)).reshape(b, t, *w_DHE.shape[1:])
+        q_BTHE, k_BTKE, v_BTKE = heads(self.q_proj[...]), heads(self.k_proj[...]), heads(self.v_proj[...])
         if self.qk_norm:
             q_BTHE, k_BTKE = self.q_norm(q_BTHE), self.k_norm(k_BTKE)
         q_BTHE = constrain(apply_rope(q_BTHE, cos_BTE, sin_BTE), ("batch", "length", "heads", None))
@@ -223,7 +222,8 @@ class Attention(nnx.Module):
 
     def output(self, out_BTHE):
         out_BTHE = constrain(out_BTHE, ("batch", "length", "heads", None))
-        return jnp.einsum("BTHE,HED->BTD", out_BTHE, self.o_proj[...].astype(out_BTHE.dtype))
+        b, t, h, e = out_BTHE.shape
+        return project(out_BTHE.reshape(b, t, h * e), self.o_proj[...].reshape(h * e, -1))
 
     def __call__(self, x_BTD, cos_BTE, sin_BTE, ids: MaskIds):
         q_BTHE, k_BTKE, v_BTKE = self.project(x_BTD, cos_BTE, sin_BTE)

@@ -165,7 +165,7 @@ def xla_cost_flops(compiled) -> float | None:
 
 def plan(config, devices, hbm_bytes: int | None = None) -> dict:
     """The figures of one plan as a JSON-ready dict."""
-    from mmntp_jax.scaling.flops import training_flops_per_step
+    from mmntp_jax.model.flops import training_flops_per_step
 
     compiled, state, batch, mesh = compile_step(config, devices)
     memory = compiled.memory_analysis()

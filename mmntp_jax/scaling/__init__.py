@@ -1,1 +1,1 @@
-"""Scaling laws: FLOP accounting, sweeps, fits, plots."""
+"""Scaling laws: sweeps, fits, plots (FLOPs from the model's count, `mmntp_jax/model/flops.py`)."""

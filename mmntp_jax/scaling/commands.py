@@ -37,9 +37,9 @@ def run_sweep_command(args) -> int:
     from mmntp_jax.config import load_experiment
     from mmntp_jax.paths import resolve_config_paths
     from mmntp_jax.scaling.runner import run_sweep
-    from mmntp_jax.scaling.sweep import check_sweep, plan, total_flops
+    from mmntp_jax.scaling.sweep import SweepConfig, check_sweep, plan, total_flops
 
-    sweep = resolve_config_paths(load_experiment(args.config))
+    sweep = resolve_config_paths(load_experiment(args.config, SweepConfig))
     check_sweep(sweep)
     if args.dry_run:
         runs, notes = plan(sweep)

@@ -126,7 +126,7 @@ def modality_fractions(config, n_batches: int) -> dict[str, float]:
 
 def run_family(workdir: Path, runs: list[PlannedRun], reuse: str, log=print) -> None:
     """Trains the runs of one family in order of length, branching from its stable run."""
-    from mmntp_jax.train.loop import train
+    from mmntp_jax.train.backbone import train
 
     quiet = lambda *a, **k: None  # noqa: E731
     stable_dir = workdir / "families" / runs[0].family / "stable"
@@ -143,26 +143,30 @@ def run_family(workdir: Path, runs: list[PlannedRun], reuse: str, log=print) -> 
         if summary.get("interrupted"):
             raise KeyboardInterrupt
         if summary.get("complete"):  # trained earlier but result.json was not written: evaluate again
-            summary = _evaluate_finished(run, run_dir)
+            summary = _evaluate_finished(run, run_dir) or train(run.config, run_dir, log=quiet)
         summary["modality_fractions"] = modality_fractions(run.config, run.steps) if run.variant else {}
         row = _result_row(run, summary, time.perf_counter() - start, time.process_time() - cpu_start)
         (run_dir / "result.json").write_text(json.dumps(row, indent=1))
         log(f"{run.run_id}: N={run.params:.3g} D={run.tokens:.3g} C={run.flops:.3g} loss={row['loss']:.4f} ({row['seconds']:.0f} s)")
 
 
-def _evaluate_finished(run: PlannedRun, run_dir: Path) -> dict:
+def _evaluate_finished(run: PlannedRun, run_dir: Path) -> dict | None:
     import jax
 
     from mmntp_jax.sharding import make_mesh
+    from mmntp_jax.train.backbone import evaluate
     from mmntp_jax.train.checkpoint import Checkpointer
-    from mmntp_jax.train.loop import evaluate
     from mmntp_jax.train.step import StepBuilder
 
     mesh = make_mesh(run.config.mesh)
     builder = StepBuilder(run.config, mesh)
     checkpointer = Checkpointer(run_dir, keep=run.config.checkpoint.keep)
-    state, _ = checkpointer.restore(run.steps, builder.abstract_state())
-    checkpointer.close()
+    try:  # the newest readable checkpoint, as training restores it (unreadable newer ones moved aside)
+        state, step = checkpointer.resume(builder.abstract_state(), optional_fields=("guard",), log=lambda _: None)
+    finally:
+        checkpointer.close()
+    if step < run.steps:  # the final checkpoint was unreadable (now moved aside): train the rest again
+        return None
     metrics = evaluate(builder, state.params, run.config, mesh)
     jax.block_until_ready(state)
     return {f"eval/{k}": v for k, v in metrics.items()}

@@ -8,7 +8,7 @@ Learning rate and warm-up per size:
     warm-up steps = min(max_warmup, max(1, round(warmup_fraction · S_min))), S_min the
     shortest run of that size (so every run's stable phase starts after warm-up).
 Steps of a run with D_target tokens: S = max(1, round(D_target / (batch · seq_len)));
-with an IsoFLOP budget C, D_target = C / flops_per_token (`flops.py`). The recorded
+with an IsoFLOP budget C, D_target = C / flops_per_token (`model/flops.py`). The recorded
 D and C are those of the S steps actually trained.
 
 Warmup-stable-decay reuse (`reuse="wsd"`): all runs of one size (a *family*)
@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 from mmntp_jax.config import Config, ConfigError, DataConfig, validate
-from mmntp_jax.scaling.flops import param_count, training_flops_per_token
+from mmntp_jax.model.flops import param_count, training_flops_per_token
 
 REUSE = ("wsd", "none")
 

@@ -60,7 +60,7 @@ def cmd_train(args) -> int:
     from mmntp_jax.sharding import use_cpu_devices
     from mmntp_jax.tokenizers import experiment
     from mmntp_jax.tokenizers.media import MediaError
-    from mmntp_jax.tokenizers.tokenizer_train import train
+    from mmntp_jax.train.tokenizer import train
     from mmntp_jax.train.loop import RunConflict
 
     use_cpu_devices(args.cpu_devices)
@@ -79,7 +79,7 @@ def cmd_train(args) -> int:
 def _restore(workdir, step):
     from mmntp_jax.sharding import make_mesh
     from mmntp_jax.tokenizers.experiment import load_workdir_config
-    from mmntp_jax.tokenizers.train_step import TokenizerStepBuilder
+    from mmntp_jax.train.tokenizer_step import TokenizerStepBuilder
     from mmntp_jax.train.checkpoint import Checkpointer
 
     exp = load_workdir_config(workdir)
@@ -96,7 +96,7 @@ def _restore(workdir, step):
 def cmd_eval(args) -> int:
     from mmntp_jax.cli import CommandError
     from mmntp_jax.tokenizers import datasets, media
-    from mmntp_jax.tokenizers.tokenizer_train import run_eval
+    from mmntp_jax.train.tokenizer import run_eval
 
     exp, builder, state, step = _restore(args.workdir, args.step)
     if args.images:

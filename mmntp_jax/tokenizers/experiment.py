@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmntp_jax.config import CheckpointConfig, ConfigError, MeshConfig, OptimConfig, _check_type, apply_overrides, from_dict, load_experiment, mesh_shape
+from mmntp_jax.config import CheckpointConfig, ConfigError, MeshConfig, OptimConfig, _check_type, apply_overrides, check_guard_keys, from_dict, load_experiment, mesh_shape
 from mmntp_jax.paths import resolve_config_paths
 from mmntp_jax.tokenizers.audio import AudioTokenizerConfig
 from mmntp_jax.tokenizers.bottleneck import QuantizerConfig
@@ -55,7 +55,8 @@ class LossConfig:
 class TokenizerTrainConfig:
     """ema_decay: keep an exponential moving average of the parameters (0 = off); when on,
     evaluation, samples and the exported tokenizer use the average, and eval also reports
-    the raw parameters' figures as `raw/…`."""
+    the raw parameters' figures as `raw/…`. max_bad_steps, spike_factor, on_schedule_change:
+    the fault guards and schedule changes of the backbone's train section (docs/reliability.md)."""
 
     steps: int = 2000
     batch_size: int = 32
@@ -66,6 +67,9 @@ class TokenizerTrainConfig:
     ema_decay: float = 0.0
     progress: bool = True
     compilation_cache: str = field(default="~/.cache/mmntp_jax/xla", metadata={"path": True})
+    max_bad_steps: int = 10
+    spike_factor: float = 0.0
+    on_schedule_change: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ def validate(exp: TokenizerExperiment, *, device_count: int | None = None) -> No
     for key, value in (("train.steps", t.steps), ("train.batch_size", t.batch_size), ("data.train_items", d.train_items), ("data.eval_items", d.eval_items), ("train.log_every", t.log_every), ("train.eval_every", t.eval_every)):
         if value < 1:
             raise ConfigError(f"config key '{key}': must be ≥ 1, got {value}")
+    check_guard_keys(t)
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"config key 'train.ema_decay': must be in [0, 1), got {t.ema_decay}")
     if device_count is not None:
@@ -113,9 +118,7 @@ def validate(exp: TokenizerExperiment, *, device_count: int | None = None) -> No
 
 
 def load(path, overrides=(), *, device_count: int | None = None) -> TokenizerExperiment:
-    exp = load_experiment(path)
-    if not isinstance(exp, TokenizerExperiment):
-        raise ConfigError(f"config file {path}: get_config() returned {type(exp).__name__}, expected a TokenizerExperiment (see experiments/tokenizers/)")
+    exp = load_experiment(path, TokenizerExperiment)
     exp = resolve_config_paths(apply_overrides(exp, overrides))
     validate(exp, device_count=device_count)
     return exp

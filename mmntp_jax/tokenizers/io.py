@@ -5,6 +5,8 @@ Tensor names are the module's parameter paths joined by dots
 Loading rebuilds the module from the JSON config and fills it; a file whose
 tensors do not match the config (names or shapes), a config that differs from
 the one expected, or a newer format version fails with a message naming them.
+Both files are read only from inside the folder: a symbolic link out of it is
+refused (`mmntp_jax.paths.inside`).
 """
 
 from __future__ import annotations
@@ -79,7 +81,9 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def read_config(directory) -> dict:
-    path = Path(directory) / CONFIG
+    from mmntp_jax.paths import inside
+
+    path = inside(directory, CONFIG)  # a symbolic link out of the folder is refused
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer config {path}: not found (a tokenizer directory holds {CONFIG} and {WEIGHTS})")
     try:
@@ -98,6 +102,8 @@ def load_tokenizer(directory, *, expect_config=None) -> Tokenizer:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    from mmntp_jax.paths import inside
+
     directory = Path(directory)
     meta = read_config(directory)
     config = _config_from(meta["kind"], meta["config"], directory / CONFIG)
@@ -105,7 +111,7 @@ def load_tokenizer(directory, *, expect_config=None) -> Tokenizer:
         diffs = _differences(dataclasses.asdict(expect_config), dataclasses.asdict(config))
         raise TokenizerFileError(f"{directory}: saved with a different config ({'; '.join(diffs[:6])})")
     tokenizer = Tokenizer.create(meta["kind"], config)
-    weights = directory / WEIGHTS
+    weights = inside(directory, WEIGHTS)
     if not weights.is_file():
         raise FileNotFoundError(f"tokenizer weights {weights}: not found")
     try:

@@ -3,8 +3,9 @@
 Layout: `<workdir>/checkpoints/<step>/{state, data}`. `state` is the TrainState
 pytree (restorable onto any mesh: restore takes the target shardings); `data`
 holds one JSON file per process with that process's grain iterator state
-(grain's orbax handler). Saves are asynchronous for the arrays; the iterator
-state is captured at the moment `save` is called.
+(grain's file layout; `data/global_batches.py` restores it with any process
+count). Saves are asynchronous for the arrays; the iterator state is captured
+at the moment `save` is called.
 
 A save that fails in the background (disk full, permissions, an unreachable
 path) is reported by `check()`, which the loop calls after every step, as a
@@ -34,11 +35,11 @@ import json
 import logging
 import warnings
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mmntp_jax.data.global_batches import DataStateRestore, DataStateSave, ProcessStatesHandler
 from mmntp_jax.errors import CheckpointRestoreError, CheckpointSaveError
 from mmntp_jax.paths import resolve_path
 
@@ -113,7 +114,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ProcessStatesHandler()},  # multi-host: any process count restores
         )
         self._pending: int | None = None  # step of the save that may still be running
         quiet_save_failures()
@@ -183,7 +184,7 @@ class Checkpointer:
     def save(self, step: int, state, iterator, *, force: bool = False) -> bool:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(IteratorSnapshot(iterator)),
+            data=DataStateSave(IteratorSnapshot(iterator)),
         )
         self.check(block=True)  # the previous save must have landed before the next starts
         with self._reporting(step):
@@ -285,7 +286,7 @@ class Checkpointer:
         items = {"state": ocp.args.StandardRestore(target)}
         snapshot = IteratorSnapshot(iterator, state={})
         if iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(snapshot)
+            items["data"] = DataStateRestore(snapshot)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
         if absent:
             restored = abstract_state.replace(**restored, **{name: None for name in absent})

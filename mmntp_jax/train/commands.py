@@ -6,6 +6,8 @@ import json
 import math
 import sys
 
+from mmntp_jax.train.distributed import add_arguments as add_distributed_arguments
+
 
 def add_parser(sub, name: str, help_text: str) -> None:
     parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -15,8 +17,8 @@ def add_parser(sub, name: str, help_text: str) -> None:
         parser.add_argument("--workdir", default=None, help="run directory (local path or any path orbax accepts; default workdirs/<name>)")
         parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
         parser.add_argument("--profile-steps", default=None, metavar="A:B", help="write a JAX profiler trace of steps A..B-1 to WORKDIR/profile")
-        parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host; see docs/multihost.md)")
         parser.add_argument("--cpu-devices", type=int, metavar="N", help="on a CPU-only machine, train data-parallel over N CPU devices (e.g. the core count)")
+        add_distributed_arguments(parser)
         parser.set_defaults(func=run_train)
     elif name == "eval":
         parser.add_argument("--workdir", required=True)
@@ -32,12 +34,14 @@ def run_train(args) -> int:
     from mmntp_jax.config import load_config, to_json, validate
     from mmntp_jax.paths import resolve_path
     from mmntp_jax.sharding import cpu_device_count, use_cpu_devices
+    from mmntp_jax.train.distributed import initialize, launch_from_args
     from mmntp_jax.train.loop import train
 
+    launch = launch_from_args(args)  # a partial --coordinator/--num-processes/--process-id set fails here, at once
     config = load_config(args.config, args.overrides)  # before JAX starts, so train.cpu_devices can apply
     use_cpu_devices(args.cpu_devices or cpu_device_count(config.train.cpu_devices))
-    if args.distributed:
-        jax.distributed.initialize()
+    if launch is not None:
+        initialize(launch)
     validate(config, device_count=jax.device_count())
     if args.print_config:
         print(to_json(config))

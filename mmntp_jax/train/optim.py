@@ -47,8 +47,15 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
-def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
-    schedule = learning_rate_schedule(optim, total_steps)
+def make_optimizer(optim, total_steps: int, schedule=None) -> optax.GradientTransformation:
+    """AdamW (+ clipping) with `schedule(count)` as its learning rate (default: `learning_rate_schedule`).
+
+    The train steps pass `lambda _: lr` with lr computed from the train state's
+    step: the optimizer state keeps its structure, and a step that is not
+    applied (train/guards.py) or a schedule restarted on resume
+    (train/resume_check.py) moves the learning rate with the step counter.
+    """
+    schedule = learning_rate_schedule(optim, total_steps) if schedule is None else schedule
     parts = []
     if optim.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(optim.clip_norm))

@@ -13,6 +13,10 @@ Vocab). Metrics per modality are unweighted means over `loss_mask` (see
 into A strided micro-batches (row i goes to micro-batch i mod A, so each stays
 spread over the data shards), sums their gradients of the summed loss and
 divides once by the batch's Σ w·mask: the update equals the un-accumulated one.
+
+The learning rate is the schedule at the state's step (`resume_check.effective_schedule`,
+which a restarted schedule shifts). The step is guarded (`train/guards.py`): one
+whose loss, gradient norm or new parameters are not finite is not applied.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from mmntp_jax.model.heads import RESTRICTED, fused_cross_entropy, pick_chunk, t
 from mmntp_jax.model.legal_ids import LegalIds
 from mmntp_jax.model.init import bind, graphdef, init_params, param_specs
 from mmntp_jax.sharding import batch_sharding
-from mmntp_jax.train.optim import global_norm, learning_rate_schedule, make_optimizer
+from mmntp_jax.train.guards import guard_step, init_guard
+from mmntp_jax.train.optim import global_norm, make_optimizer
+from mmntp_jax.train.resume_check import effective_schedule
 
 N_MODALITIES = len(MODALITIES)
 UNIT_WEIGHTS = (1.0,) * N_MODALITIES
@@ -44,6 +50,7 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
+    guard: Any  # GuardState (train/guards.py); None when restored from a checkpoint older than the guard
 
 
 def hidden_states(model, batch):
@@ -129,15 +136,17 @@ class StepBuilder:
 
     `vocab` (the data's Vocab) gives the id ranges of `train.modality_softmax`;
     without it they are read from the data source when that option is on.
+    `guard=False` applies every step unconditionally (to measure the guard's cost).
     """
 
-    def __init__(self, config, mesh, vocab=None):
+    def __init__(self, config, mesh, vocab=None, *, guard: bool = True):
         self.config, self.mesh = config, mesh
         self.loss_weights = modality_weights(config.train.loss_weights)
         self.legal = LegalIds.from_vocab(vocab if vocab is not None else data_vocab(config)) if config.train.modality_softmax else None
         self.graph = graphdef(config.model)
         self.optimizer = make_optimizer(config.optim, config.train.steps)
-        self.schedule = learning_rate_schedule(config.optim, config.train.steps)
+        self.schedule = effective_schedule(config.optim, config.train.steps)
+        self.guard = guard
         self.loss_chunk = pick_chunk(config.train.seq_len, config.model.vocab_size, config.train.loss_chunk)
         self.fused_loss = True
         self.state_shardings = self._state_shardings()
@@ -155,7 +164,14 @@ class StepBuilder:
         )
         named = lambda tree: jax.tree.map(lambda s: NamedSharding(self.mesh, s), tree, is_leaf=is_spec)
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        return TrainState(step=replicated, params=named(specs), opt_state=named(opt_specs), rng=replicated)
+        guard = jax.tree.map(lambda _: replicated, jax.eval_shape(init_guard))
+        return TrainState(step=replicated, params=named(specs), opt_state=named(opt_specs), rng=replicated, guard=guard)
+
+    def restart_schedule(self, origin: int) -> None:
+        """A new learning-rate schedule from step `origin` on (before the first train step is traced)."""
+        if "train_step" in self.__dict__:
+            raise RuntimeError("restart_schedule after the train step was built")
+        self.schedule = effective_schedule(self.config.optim, self.config.train.steps, origin)
 
     def init_state(self, seed: int) -> TrainState:
         def create():
@@ -163,7 +179,7 @@ class StepBuilder:
             params = init_params(self.config.model, jax.random.fold_in(key, 0))
             return TrainState(
                 step=jnp.zeros((), jnp.int32), params=params, opt_state=self.optimizer.init(params),
-                rng=jax.random.key_data(jax.random.fold_in(key, 1)),
+                rng=jax.random.key_data(jax.random.fold_in(key, 1)), guard=init_guard(),
             )
 
         return jax.jit(create, out_shardings=self.state_shardings)()
@@ -199,12 +215,17 @@ class StepBuilder:
 
     def _train_step(self, state: TrainState, batch):
         grads, sums = self._grads(state.params, batch)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        lr = self.schedule(state.step)
+        optimizer = make_optimizer(self.config.optim, self.config.train.steps, schedule=lambda _: lr)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = summarize(sums)
         metrics["grad_norm"] = global_norm(grads)
-        metrics["lr"] = self.schedule(state.step)
+        metrics["lr"] = lr
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        if self.guard:
+            new_state, guard_metrics = guard_step(state, new_state, metrics["loss"], metrics["grad_norm"], spike_factor=self.config.train.spike_factor)
+            metrics |= guard_metrics
         return new_state, metrics
 
     def _on_mesh(self, fn):

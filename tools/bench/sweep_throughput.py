@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from mmntp_jax.config import load_experiment  # noqa: E402
-from mmntp_jax.scaling.flops import training_flops_per_token  # noqa: E402
+from mmntp_jax.model.flops import training_flops_per_token  # noqa: E402
 from mmntp_jax.scaling.sweep import plan, total_flops  # noqa: E402
-from mmntp_jax.train.loop import train  # noqa: E402
+from mmntp_jax.train.backbone import train  # noqa: E402
 
 
 def measure(run, steps: int) -> dict:

@@ -11,7 +11,7 @@ Variants:
   tuned  the defaults the library picks: fused linear cross-entropy in chunks (no
          [B, T, V] logits), blockwise causal attention
   plain  a plain jitted decoder: full logits, XLA attention over the whole [T, T] matrix
-FLOPs per step use `mmntp_jax.scaling.flops` (MaxText's count); MFU is against a float32
+FLOPs per step use `mmntp_jax.model.flops` (MaxText's count); MFU is against a float32
 matmul peak measured in the same run. Float32 throughout unless --dtype bfloat16.
 """
 
@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from mmntp_jax.config import Config, MeshConfig, ModelConfig, OptimConfig, TrainConfig
-from mmntp_jax.scaling.flops import training_flops_per_step
+from mmntp_jax.model.flops import training_flops_per_step
 from mmntp_jax.sharding import make_mesh, shard_batch
 from mmntp_jax.train.metrics import measure_matmul_peak
 from mmntp_jax.train.step import StepBuilder

@@ -13,7 +13,10 @@ from gan.start_step on; before that neither GAN term is computed. EMA codebooks
 are updated after the gradient step from the same batch's latents and codes.
 With `train.ema_decay` > 0 the state also carries an exponential moving average
 of the parameters (decay warmed up as min(decay, (1 + step) / (10 + step))),
-which evaluation and export use.
+which evaluation and export use. As in the backbone's step, the learning rate is
+the schedule at the state's step, and a step whose loss, gradient norm or new
+parameters (codebooks and discriminator included) are not finite is not applied
+(`train/guards.py`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from mmntp_jax.tokenizers.autoencoder import depth_to_space
 from mmntp_jax.tokenizers.gan import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 from mmntp_jax.tokenizers.registry import build_module
 from mmntp_jax.tokenizers.spectral import multi_resolution_stft_loss
-from mmntp_jax.train.optim import global_norm, learning_rate_schedule, make_optimizer
+from mmntp_jax.train.guards import fill_guard, guard_step, init_guard
+from mmntp_jax.train.optim import global_norm, make_optimizer
+from mmntp_jax.train.resume_check import effective_schedule
 
 
 @struct.dataclass
@@ -45,6 +50,7 @@ class TokenizerState:
     disc_params: Any
     disc_opt_state: Any
     rng: jax.Array
+    guard: Any  # GuardState (train/guards.py); None when restored from a checkpoint older than the guard
 
 
 def reconstruction_loss(rec, x, loss_config, kind: str):
@@ -57,15 +63,17 @@ def reconstruction_loss(rec, x, loss_config, kind: str):
 
 
 class TokenizerStepBuilder:
-    """Optimizers, shardings and the jitted step for one experiment on one mesh."""
+    """Optimizers, shardings and the jitted step for one experiment on one mesh
+    (`guard=False`: every step applied unconditionally)."""
 
-    def __init__(self, exp, mesh):
+    def __init__(self, exp, mesh, *, guard: bool = True):
         self.exp, self.mesh, self.kind = exp, mesh, exp.kind
         module = build_module(exp.kind, exp.model, exp.train.seed)
         self.graphdef, params, _ = nnx.split(module, nnx.Param, ...)
         self.gan = exp.loss.gan if exp.kind != "audio" and exp.loss.gan.weight > 0 else None
         self.optimizer = make_optimizer(exp.optim, exp.train.steps)
-        self.schedule = learning_rate_schedule(exp.optim, exp.train.steps)
+        self.schedule = effective_schedule(exp.optim, exp.train.steps)
+        self.guard = guard
         self.disc_optimizer = optax.adam(self.gan.lr, b1=0.5, b2=0.9) if self.gan else optax.identity()
         disc = PatchDiscriminator(exp.model.in_channels, self.gan.channels, self.gan.layers, rngs=nnx.Rngs(exp.train.seed + 1)) if self.gan else None
         self.disc_graphdef = nnx.graphdef(disc) if disc is not None else None
@@ -86,6 +94,7 @@ class TokenizerStepBuilder:
         return TokenizerState(
             step=jnp.zeros((), jnp.int32), params=params, ema_params=jax.tree.map(jnp.copy, params) if self.ema_decay else None, codebooks=codebooks, opt_state=self.optimizer.init(params),
             disc_params=disc_params, disc_opt_state=self.disc_optimizer.init(disc_params), rng=jax.random.key_data(jax.random.fold_in(key, 7)),
+            guard=init_guard(),
         )
 
     def init_state(self, seed: int) -> TokenizerState:
@@ -97,10 +106,18 @@ class TokenizerStepBuilder:
         shapes = jax.eval_shape(lambda: self._create(0))
         return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
+    optional_fields = ("ema_params", "guard")  # absent from checkpoints older than these fields
+
     def restore(self, checkpointer, step: int) -> TokenizerState:
         """The state saved at `step`; checkpoints from before the parameter average get ema_params=None."""
-        state, _ = checkpointer.restore(step, self.abstract_state(), optional_fields=("ema_params",))
-        return state
+        state, _ = checkpointer.restore(step, self.abstract_state(), optional_fields=self.optional_fields)
+        return fill_guard(state, self.replicated)
+
+    def restart_schedule(self, origin: int) -> None:
+        """A new learning-rate schedule from step `origin` on (before the first train step is traced)."""
+        if "train_step" in self.__dict__:
+            raise RuntimeError("restart_schedule after the train step was built")
+        self.schedule = effective_schedule(self.exp.optim, self.exp.train.steps, origin)
 
     def module(self, state: TokenizerState, *, raw: bool = False) -> nnx.Module:
         """The tokenizer with the averaged parameters when EMA is on (the raw ones if `raw`)."""
@@ -162,7 +179,9 @@ class TokenizerStepBuilder:
         gan_on = (state.step >= self.gan.start_step) if self.gan else jnp.asarray(False)
         grad_fn = jax.value_and_grad(self._objective, has_aux=True)
         (loss, (metrics, z, codes, rec)), grads = grad_fn(state.params, state, x, k_quant, gan_on)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        lr = self.schedule(state.step)
+        optimizer = make_optimizer(self.exp.optim, self.exp.train.steps, schedule=lambda _: lr)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         model = nnx.merge(self.graphdef, params, state.codebooks)
         model.quantize.update(z, codes, k_ema)
@@ -182,11 +201,15 @@ class TokenizerStepBuilder:
             skip = lambda _: (state.disc_params, state.disc_opt_state, jnp.float32(0.0))
             disc_params, disc_opt_state, d_loss = jax.lax.cond(gan_on, disc_step, skip, None)
             metrics["gan/d_loss"] = d_loss
-        metrics |= {"loss": loss, "grad_norm": global_norm(grads), "lr": self.schedule(state.step)}
+        metrics |= {"loss": loss, "grad_norm": global_norm(grads), "lr": lr}
         if self.kind != "audio":
             metrics["psnr"] = jnp.mean(10.0 * jnp.log10(1.0 / jnp.maximum(jnp.mean(jnp.square(jnp.clip(rec, 0, 1) - x), axis=tuple(range(1, x.ndim))), 1e-6)))
         ema_params = self._ema(state.ema_params, params, state.step)
         new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params, codebooks=codebooks, opt_state=opt_state, disc_params=disc_params, disc_opt_state=disc_opt_state)
+        if self.guard:
+            checked = lambda s: (s.params, s.codebooks, s.disc_params)  # noqa: E731
+            new_state, guard_metrics = guard_step(state, new_state, loss, metrics["grad_norm"], spike_factor=self.exp.train.spike_factor, checked=checked)
+            metrics |= guard_metrics
         return new_state, metrics
 
     @functools.cached_property
