@@ -90,7 +90,8 @@ def test_relative_workdir_train_resume_eval_sample(tmp_path, monkeypatch, capsys
     assert sorted(p.name for p in (tmp_path / "runs/rel/checkpoints").iterdir()) == ["2", "4"]
     saved = json.loads((tmp_path / "runs/rel/config.json").read_text())
     assert saved["data"]["path"] == str(tmp_path / "somewhere/shards")
-    assert cli.main([*base, "--set", "train.steps=6"]) == 0  # resumes at 4
+    longer = ["--set", "train.steps=6", "--set", "train.on_schedule_change=restart_schedule"]
+    assert cli.main([*base, *longer]) == 0  # resumes at 4
     assert "6" in {p.name for p in (tmp_path / "runs/rel/checkpoints").iterdir()}
     capsys.readouterr()
     assert cli.main(["eval", "--workdir", "runs/rel", "--json"]) == 0

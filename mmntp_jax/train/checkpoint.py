@@ -33,6 +33,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import warnings
 
 import jax
@@ -180,6 +181,18 @@ class Checkpointer:
         details = "; ".join(f"step {step}: {why}" for step, why in failed)
         return CheckpointRestoreError(f"no readable checkpoint in {self.directory} ({details}); "
                                       "move the folder aside to start over")
+
+    def ensure_writable(self) -> None:
+        """Raises CheckpointSaveError at once when the checkpoint folder cannot be
+        written (read-only, full, no permission), before any step is trained."""
+        probe = self.directory / f".write-probe-{jax.process_index()}-{os.getpid()}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"probe")
+            probe.unlink()
+        except OSError as err:
+            cause = " ".join(f"{type(err).__name__}: {err}".split())
+            raise CheckpointSaveError(f"checkpoint folder {self.directory} cannot be written ({cause}); nothing in it was changed") from None
 
     def save(self, step: int, state, iterator, *, force: bool = False) -> bool:
         args = ocp.args.Composite(

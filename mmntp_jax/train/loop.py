@@ -156,6 +156,7 @@ def fit(client: Client, *, log=print, profile: tuple[int, int] | None = None) ->
         if latest >= client.steps:
             log(f"{client.what} in {workdir} is complete: step {latest} of {client.steps}")
             return {"step": latest, "complete": True}
+        checkpointer.ensure_writable()
         client.prepare(log)
         state, start = checkpointer.resume(client.abstract_state(), client.iterator, optional_fields=client.optional_fields, log=log)
         if start:
