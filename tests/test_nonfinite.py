@@ -17,7 +17,7 @@ from mmntp_jax.tokenizers.experiment import TokenizerDataConfig, TokenizerExperi
 from mmntp_jax.tokenizers.experiment import validate as validate_tokenizer
 from mmntp_jax.train.backbone import BackboneClient, train
 from mmntp_jax.train.checkpoint import Checkpointer
-from mmntp_jax.train.guards import SPIKE_WARMUP, guard_step, init_guard
+from mmntp_jax.train.guards import SPIKE_WARMUP, guard_step, init_guard, skip_reason
 from mmntp_jax.train.metrics import read_metrics
 from mmntp_jax.train.step import StepBuilder
 from tiny import tiny_config
@@ -130,6 +130,22 @@ def test_the_spike_guard_skips_a_loss_far_above_its_running_mean():
     assert int(metrics["bad_steps"]) == 1 and float(state.params) == SPIKE_WARMUP and float(metrics["loss_mean"]) == pytest.approx(1.0)
     state, metrics = step(state, jnp.float32(2.0))
     assert int(metrics["bad_steps"]) == 0 and int(metrics["skipped_steps"]) == 1 and float(state.params) == SPIKE_WARMUP + 1
+
+
+def test_an_update_that_overflows_is_not_applied():
+    @struct.dataclass
+    class State:
+        step: jax.Array
+        params: jax.Array
+        guard: object
+
+    state = State(step=jnp.zeros((), jnp.int32), params=jnp.full((3,), 3e38, jnp.float32), guard=init_guard())
+    step = jax.jit(lambda s, delta: guard_step(s, s.replace(step=s.step + 1, params=s.params + delta), jnp.float32(1.0), jnp.float32(1.0)))
+    state, metrics = step(state, jnp.float32(1e38))  # finite loss and gradient, an infinite parameter
+    assert int(metrics["bad_steps"]) == 1 and int(state.step) == 1 and np.all(np.asarray(state.params) == np.float32(3e38))
+    assert skip_reason(1.0, 1.0, None, 0.0) == "updated parameters are not finite"
+    state, metrics = step(state, jnp.float32(-1e38))
+    assert int(metrics["bad_steps"]) == 0 and np.all(np.asarray(state.params) == np.float32(3e38) + np.float32(-1e38))
 
 
 def tiny_tokenizer(**train) -> TokenizerExperiment:

@@ -5,10 +5,11 @@ In the jitted step (`guard_step`, backbone and tokenizers alike) a step is
 or, with `train.spike_factor` k > 0, when its loss exceeds k × the running mean
 of the applied steps' losses (an exponential average with decay `SPIKE_DECAY`,
 judged once `SPIKE_WARMUP` steps have been applied). A bad step keeps the old
-parameters and optimizer state (a `jnp.where` on a flag computed in the step:
-no host round trip); the step counter still advances, so the batch is
-consumed. The state's `GuardState` counts bad steps in a row and in all;
-metrics carry both (`bad_steps`, `skipped_steps`).
+parameters and optimizer state, selected inside the step by `jnp.where` on
+the step's flag (no host round trip; a good step's result is bitwise the
+unguarded step's). The step counter still advances, so the batch is consumed.
+The state's `GuardState` counts bad steps in a row and in all; metrics carry
+both (`bad_steps`, `skipped_steps`).
 
 On the host (`GuardMonitor`) the loop reads each step's `bad_steps`, a scalar,
 one step late: after dispatching the next step, so the host never waits for
