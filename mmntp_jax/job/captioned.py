@@ -179,18 +179,6 @@ def data_stage(config: Config, workdir: Path, log) -> Stage:
 # backbone
 
 
-def latest_step(workdir: Path) -> int:
-    from mmntp_jax.train.checkpoint import Checkpointer
-
-    if not (workdir / "checkpoints").is_dir():
-        return 0
-    checkpointer = Checkpointer(workdir, async_save=False)
-    try:
-        return checkpointer.latest_step() or 0
-    finally:
-        checkpointer.close()
-
-
 def backbone_stage(config: Config, workdir: Path, log, profile_steps=None) -> Stage:
     def run() -> bool:
         from mmntp_jax.train.backbone import train
@@ -198,7 +186,14 @@ def backbone_stage(config: Config, workdir: Path, log, profile_steps=None) -> St
         summary = train(backbone_config(config, workdir), workdir, profile_steps=profile_steps, log=log)
         return not summary.get("interrupted")
 
-    return Stage("backbone", lambda: latest_step(workdir) >= config.train.steps, run)
+    def complete() -> bool:
+        from etils import epath
+
+        from mmntp_jax.train.backbone import newest_checkpoint_step
+
+        return newest_checkpoint_step(epath.Path(workdir)) >= config.train.steps
+
+    return Stage("backbone", complete, run)
 
 
 def run_captioned_job(config: Config, workdir, *, log=print, profile_steps=None) -> dict:
