@@ -3,7 +3,8 @@
 Reference: an uninterrupted run of the same configuration. A copy of it, cut
 back to step 4 (as if killed before step 6) and with checkpoint 4 damaged, must
 resume from step 2, move 4 aside, save 4 again and end with bitwise the same
-parameters. Also: leftover orbax temporary folders are removed, all
+parameters; a finished run whose final checkpoint was damaged trains its
+last steps again instead of reporting itself complete. Also: leftover orbax temporary folders are removed, all
 checkpoints unreadable is one CLI error line, `mm.load` skips a damaged
 checkpoint without moving it, and a second SIGINT cannot abort the final save.
 """
@@ -95,6 +96,37 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(reference, tmp_path,
     assert resumed.step == straight.step == 6
     assert_same_params(resumed.params, straight.params)
     assert_same_params(mm.load(tmp_path / "run", step=4).params, mm.load(reference, step=4).params)
+
+
+def overwritten(step_dir: Path) -> None:
+    """Every array file keeps its size but holds random bytes (orbax's metadata files are intact)."""
+    rng = np.random.default_rng(0)
+    for path in array_files(step_dir):
+        path.write_bytes(rng.bytes(path.stat().st_size))
+
+
+def truncated(step_dir: Path) -> None:
+    for path in array_files(step_dir):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [overwritten, truncated])
+def test_a_finished_run_with_a_damaged_final_checkpoint_trains_its_last_steps_again(reference, tmp_path, damage):
+    shutil.copytree(reference, tmp_path / "run")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    damage(checkpoints / "6")
+    lines = []
+    summary = train(tiny_config(**SMALL), tmp_path / "run", log=lines.append)
+    assert summary["step"] == 6 and not summary.get("complete"), lines
+    assert not any("is complete" in line for line in lines), lines
+    warned = [line for line in lines if line.startswith("warning:")]
+    assert len(warned) == 1 and f"checkpoint {checkpoints / '6'} is unreadable" in warned[0], lines
+    assert f"resumed from step 4 in {tmp_path / 'run'}" in lines
+    assert (checkpoints / "6.corrupt").is_dir()
+    assert_same_params(mm.load(tmp_path / "run").params, mm.load(reference).params)
+    again = []
+    assert train(tiny_config(**SMALL), tmp_path / "run", log=again.append)["complete"]
+    assert again[-1] == f"run in {tmp_path / 'run'} is complete: step 6 of 6", again
 
 
 def test_all_checkpoints_unreadable_is_one_cli_line(reference, tmp_path, monkeypatch, capfd):

@@ -10,7 +10,9 @@ step, evaluation and run records — to `train.steps`:
   newest complete, readable checkpoint (train state and, when the client has
   one, data iterator state), so a resumed run sees the same batches and ends
   with bitwise the same parameters as an uninterrupted one; a finished run
-  reports that it is complete;
+  restores its final checkpoint and reports that it is complete (when that
+  checkpoint does not read back, it is set aside and the last steps are
+  trained again);
 - each step: a batch, the jitted step, `metrics.jsonl` / TensorBoard every
   `train.log_every` steps (every value, non-finite ones as null), the progress
   bar, evaluation every `train.eval_every`, a checkpoint every
@@ -153,11 +155,16 @@ def fit(client: Client, *, log=print, profile: tuple[int, int] | None = None) ->
     try:
         latest = checkpointer.latest_step() or 0
         restart = client.check_workdir(lambda: latest)
-        if latest >= client.steps:
-            log(f"{client.what} in {workdir} is complete: step {latest} of {client.steps}")
-            return {"step": latest, "complete": True}
+        if latest >= client.steps:  # complete only if the final checkpoint reads back; else resume below it
+            client.prepare(log)
+            _, latest = checkpointer.resume(client.abstract_state(), optional_fields=client.optional_fields, log=log)
+            if latest >= client.steps:
+                log(f"{client.what} in {workdir} is complete: step {latest} of {client.steps}")
+                return {"step": latest, "complete": True}
+            restart = client.check_workdir(lambda: latest)
+        else:
+            client.prepare(log)
         checkpointer.ensure_writable()
-        client.prepare(log)
         state, start = checkpointer.resume(client.abstract_state(), client.iterator, optional_fields=client.optional_fields, log=log)
         if start:
             state = client.restored(state)

@@ -8,7 +8,9 @@ training runs; `guard=False` applies every step unconditionally) and driven as
 the loop drives them: the guarded one reads the previous step's `bad_steps`
 right after dispatching the next step (`train/guards.py`), the plain one only
 blocks at the end of a round. Rounds of `--steps` steps alternate between the
-two, so load on a shared machine hits both alike; each round's time / steps is
+two, in alternating order (the step that runs first in a round is measured
+slower by a few percent, whichever it is), so load on a shared machine and
+that order effect hit both alike; each round's time / steps is
 one sample, in wall-clock time and in this process's CPU time (user + system,
 all threads: the fair clock when other work shares the machine). Prints one
 JSON object: median and best step time of each, and the guard's overhead in
@@ -88,8 +90,9 @@ def main(argv=None) -> int:
         compile_s = time.perf_counter() - t0
         state, _, _ = run_round(step, state, batch, 2, guard)  # warm-up
         runs[name] = {"step": step, "state": state, "wall": [], "cpu": [], "compile_s": compile_s, "guard": guard}
-    for _ in range(args.rounds):
-        for run in runs.values():
+    for index in range(args.rounds):
+        order = list(runs.values()) if index % 2 == 0 else list(runs.values())[::-1]
+        for run in order:
             run["state"], wall, cpu = run_round(run["step"], run["state"], batch, args.steps, run["guard"])
             run["wall"].append(wall)
             run["cpu"].append(cpu)
