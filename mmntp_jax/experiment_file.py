@@ -64,8 +64,8 @@ def _describe_type(expected) -> str:
     return " or ".join(t.__name__ for t in types)
 
 
-def run_experiment_file(path, expected: type | tuple[type, ...] | None = None):
-    """`get_config()` of the Python file `path`, checked to be an instance of `expected` when given."""
+def load_module(path):
+    """The Python experiment file `path`, imported; a failure is one ConfigError naming the file and line."""
     path = Path(path)
     spec = importlib.util.spec_from_file_location(f"mmntp_experiment_{path.stem}", path)
     if spec is None or spec.loader is None:
@@ -75,16 +75,28 @@ def run_experiment_file(path, expected: type | tuple[type, ...] | None = None):
         spec.loader.exec_module(module)
     except Exception as err:
         raise _failure(path, err, "while importing it") from err
+    return module
+
+
+def call_in(path, function, name: str):
+    """`function()`, a function of the experiment file `path`; a failure is one ConfigError naming the file and line."""
+    try:
+        return function()
+    except Exception as err:
+        raise _failure(Path(path), err, f"by {name}()") from err
+
+
+def run_experiment_file(path, expected: type | tuple[type, ...] | None = None):
+    """`get_config()` of the Python file `path`, checked to be an instance of `expected` when given."""
+    path = Path(path)
+    module = load_module(path)
     get_config = getattr(module, "get_config", None)
     wanted = f"get_config() returning a {_describe_type(expected)}" if expected is not None else "get_config()"
     if get_config is None:
         raise ConfigError(f"config file {path}: defines no get_config(); an experiment file defines {wanted}")
     if not callable(get_config):
         raise ConfigError(f"config file {path}: get_config is a {type(get_config).__name__}, not a function; an experiment file defines {wanted}")
-    try:
-        config = get_config()
-    except Exception as err:
-        raise _failure(path, err, "by get_config()") from err
+    config = call_in(path, get_config, "get_config")
     if expected is not None and not isinstance(config, expected):
         raise ConfigError(f"config file {path}: get_config() returned {type(config).__name__} {_short(config)}, expected a {_describe_type(expected)}")
     return config

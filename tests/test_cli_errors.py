@@ -78,6 +78,22 @@ def test_a_damaged_config_json_is_one_line(tmp_path, capsys):
     one_line(capsys, ["train", "--config", bad, "--workdir", tmp_path / "run"], bad, "not valid JSON")
 
 
+def test_a_failing_get_tokenizers_is_one_line_naming_the_file(tmp_path, capsys):
+    path = tmp_path / "exp_tokenizers.py"
+    path.write_text(EXPERIMENT.read_text() + "\n\ndef get_tokenizers():\n    return {'image': missing_tokenizer}\n")
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"segments": [{"modality": "text", "text": "hello"}]}\n')
+    line = one_line(capsys, ["data", "prepare", "--config", path, "--manifest", manifest, "--out", tmp_path / "data"],
+                    path, "by get_tokenizers()", "NameError", "missing_tokenizer")
+    assert line.startswith("mmntp data: error: config file ")
+
+
+def test_a_damaged_vocab_json_is_one_line(params_workdir, tmp_path, capsys):
+    workdir = copy_of(params_workdir, tmp_path)
+    (workdir / "vocab.json").write_text('{"ranges": 3}')
+    one_line(capsys, ["eval", "--workdir", workdir], workdir / "vocab.json", "not a vocabulary file")
+
+
 def test_run_conflict_is_one_line(tmp_path, capsys):
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -135,6 +151,21 @@ def test_a_shard_folder_grain_cannot_read(tmp_path, capsys):
     write_documents(folder, docs, vocab, docs_per_shard=2)
     (folder / "shard-00000.array_record").write_bytes(b"not an array record")
     one_line(capsys, ["data", "inspect", folder], folder)
+
+
+def test_a_shard_index_naming_a_file_outside_its_folder_is_refused(tmp_path, capsys):
+    from mmntp_jax.data.shards import write_documents
+    from mmntp_jax.data.vocab import Vocab
+
+    docs = [{"tokens": np.arange(20, 60, dtype=np.int32), "modality": np.zeros(40, np.uint8), "loss": np.ones(40, np.uint8)}] * 2
+    folder = tmp_path / "shards"
+    write_documents(folder, docs, Vocab.build(text=256), docs_per_shard=2)
+    index = json.loads((folder / "dataset.json").read_text())
+    index["shards"][0]["path"] = "../elsewhere/shard-00000.array_record"
+    (folder / "dataset.json").write_text(json.dumps(index))
+    one_line(capsys, ["data", "inspect", folder], folder / "dataset.json", "../elsewhere", "outside")
+    (folder / "dataset.json").write_text('{"format": ')
+    one_line(capsys, ["data", "inspect", folder], folder / "dataset.json", "not valid JSON")
 
 
 def test_a_raw_array_record_error_is_one_line(monkeypatch, tmp_path, capsys):

@@ -136,6 +136,11 @@ def test_a_changed_schedule_is_refused_then_restarted_at_the_resumed_step(tmp_pa
     plain = tiny_config(**{**SMALL, "optim": {"lr": 1e-3}, "train": {**SMALL["train"], "steps": 6}})
     assert train(plain, workdir, log=quiet)["complete"]  # the choice is not needed to rerun
     assert train(restarted, workdir, log=quiet)["complete"]
+    again = tiny_config(**{**SMALL, "optim": {"lr": 5e-4}, "train": {**SMALL["train"], "steps": 8, "on_schedule_change": "restart_schedule"}})
+    assert train(again, workdir, log=quiet)["step"] == 8
+    record = json.loads((workdir / ORIGIN_FILE).read_text())
+    assert record["start_step"] == 6 and "optim.lr: 0.001 → 0.0005" in record["changes"], record
+    assert [entry["start_step"] for entry in record["history"]] == [4] and "optim.lr: 0.01 → 0.001" in record["history"][0]["changes"], record
 
 
 def test_schedule_changes_that_keep_the_learning_rate_resume_silently():

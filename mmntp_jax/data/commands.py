@@ -16,7 +16,6 @@ file may define `get_tokenizers()` returning {"image": ModalityEncoder(…) or
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 
@@ -24,10 +23,10 @@ import sys
 def _experiment_tokenizers(path: str) -> dict:
     if not path.endswith(".py"):  # a resolved config.json names no tokenizers
         return {}
-    spec = importlib.util.spec_from_file_location("mmntp_data_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return dict(module.get_tokenizers()) if hasattr(module, "get_tokenizers") else {}
+    from mmntp_jax.experiment_file import call_in, load_module
+
+    module = load_module(path)
+    return dict(call_in(path, module.get_tokenizers, "get_tokenizers")) if hasattr(module, "get_tokenizers") else {}
 
 
 def _prepare(args) -> int:

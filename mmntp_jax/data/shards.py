@@ -38,6 +38,8 @@ import numpy as np
 
 from mmntp_jax.data.packing import block_spans
 from mmntp_jax.data.vocab import MODALITIES, Vocab
+from mmntp_jax.errors import FileFormatError
+from mmntp_jax.paths import inside
 
 FORMAT = "mmntp-shards"
 VERSION = 1
@@ -180,7 +182,10 @@ class ShardSet:
                 raise FileNotFoundError(f"{self.folder} is incomplete: {INDEX_FILE} is written when every shard is done; "
                                         "rerun `mmntp data prepare` (any process index) to finish it")
             raise FileNotFoundError(f"{index}: not found; create the data set with `mmntp data prepare --out {self.folder}`")
-        self.info = json.loads(index.read_text())
+        try:
+            self.info = json.loads(index.read_text())
+        except ValueError as err:
+            raise FileFormatError(f"{index}: not valid JSON ({err}); rerun `mmntp data prepare` to rewrite it") from None
         if self.info.get("format") != FORMAT or self.info.get("version") != VERSION:
             raise ValueError(f"{index}: not a {FORMAT} v{VERSION} index (format={self.info.get('format')!r}, version={self.info.get('version')!r})")
         self.vocab = Vocab.from_json(json.dumps(self.info["vocab"]))
@@ -188,7 +193,11 @@ class ShardSet:
         from mmntp_jax.data.records import check_token_dtype
 
         check_token_dtype(self.token_dtype, self.vocab.size, str(index))
-        self.paths = [str(self.folder / s["path"]) for s in self.info["shards"] if s["docs"] > 0]
+        self.paths = [str(self._member(s["path"])) for s in self.info["shards"] if s["docs"] > 0]
+
+    def _member(self, name: str) -> Path:
+        """A file the index names, refused when it lies outside the data set's folder."""
+        return inside(self.folder, name, what=f"{self.folder / INDEX_FILE}: shard {name!r}")
 
     def __len__(self) -> int:
         return int(self.info["docs"])
@@ -213,10 +222,10 @@ class ShardSet:
         return RecordReader(self, on_error=on_error, with_meta=with_meta, hint=hint).dataset()
 
     def shard_stats(self) -> list[dict]:
-        return [json.loads((self.folder / s["path"]).with_suffix(".json").read_text()) for s in self.info["shards"]]
+        return [json.loads(self._member(s["path"]).with_suffix(".json").read_text()) for s in self.info["shards"]]
 
     def text_tokenizer(self):
         from mmntp_jax.tokenizers.text import load_text_tokenizer
 
         spec = self.info.get("text_tokenizer", "bytes")
-        return load_text_tokenizer("bytes" if spec == "bytes" else str(self.folder / spec), self.vocab)
+        return load_text_tokenizer("bytes" if spec == "bytes" else str(inside(self.folder, spec, what=f"{self.folder / INDEX_FILE}: text tokenizer {spec!r}")), self.vocab)

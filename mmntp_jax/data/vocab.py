@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmntp_jax.errors import FileFormatError
+
 MODALITIES = ("text", "image", "audio", "video")
 MODALITY_ID = {name: i for i, name in enumerate(MODALITIES)}
 SPECIAL_ID = -1  # modality reported by to_local for special tokens
@@ -242,4 +244,9 @@ class Vocab:
 
     @classmethod
     def load(cls, path) -> "Vocab":
-        return cls.from_json(Path(path).read_text())
+        """The vocabulary saved at `path`; a file that is not one is a FileFormatError naming it."""
+        try:
+            return cls.from_json(Path(path).read_text())
+        except (ValueError, KeyError, TypeError) as err:
+            raise FileFormatError(f"{path}: not a vocabulary file ({type(err).__name__}: {err}); "
+                                  'expected JSON with "n_specials" and "ranges" as written by mmntp data prepare') from None

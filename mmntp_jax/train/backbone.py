@@ -173,7 +173,7 @@ class BackboneClient(Client):
         state = self.builder.init_state(self.config.train.seed)
         if 0 in checkpointer.all_steps():  # a params-only step 0 (mmntp import hf) seeds the parameters
             workdir, vocab = self.workdir, self.vocab
-            saved = type(vocab).from_json((workdir / "vocab.json").read_text()) if (workdir / "vocab.json").exists() else vocab
+            saved = type(vocab).load(workdir / "vocab.json") if (workdir / "vocab.json").exists() else vocab
             if saved != vocab:
                 raise RunConflict(f"{workdir}/vocab.json ({saved.size} ids) is not the vocabulary of the data ({vocab.size} ids); tokenize the data with the workdir's text tokenizer")
             params, _ = checkpointer.restore_params(0, self.builder.abstract_state().params)

@@ -64,8 +64,13 @@ def read_origin(workdir) -> int:
 
 
 def write_origin(workdir, step: int, changes: str) -> None:
+    """Records a restart at `step`; earlier restarts stay listed under "history", oldest first."""
     path = epath.Path(workdir) / ORIGIN_FILE
-    path.write_text(json.dumps({"start_step": int(step), "changes": changes}, indent=1))
+    history = []
+    if path.exists():
+        previous = json.loads(path.read_text())
+        history = previous.pop("history", []) + [previous]
+    path.write_text(json.dumps({"start_step": int(step), "changes": changes, "history": history}, indent=1))
 
 
 def effective_schedule(optim, total_steps: int, origin: int = 0) -> Callable:
