@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmntp_jax.config import CheckpointConfig, ConfigError, MeshConfig, OptimConfig, _check_type, apply_overrides, check_guard_keys, from_dict, load_experiment, mesh_shape
+from mmntp_jax.config import CheckpointConfig, ConfigError, MeshConfig, OptimConfig, apply_overrides, check_types, check_guard_keys, from_dict, load_experiment, mesh_shape
 from mmntp_jax.paths import resolve_config_paths
 from mmntp_jax.tokenizers.audio import AudioTokenizerConfig
 from mmntp_jax.tokenizers.bottleneck import QuantizerConfig
@@ -90,7 +90,7 @@ def validate(exp: TokenizerExperiment, *, device_count: int | None = None) -> No
         raise ConfigError(f"config key 'kind': {exp.kind!r} is not one of {', '.join(MODEL_CONFIGS)}")
     if not isinstance(exp.model, MODEL_CONFIGS[exp.kind]):
         raise ConfigError(f"config key 'model': kind {exp.kind!r} needs a {MODEL_CONFIGS[exp.kind].__name__}, got {type(exp.model).__name__}")
-    _check_type(exp, "")
+    check_types(exp, "")
     exp.model.validate("model")
     exp.loss.gan.validate("loss.gan")
     d, t = exp.data, exp.train
