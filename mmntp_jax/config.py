@@ -20,6 +20,7 @@ DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ATTENTION_IMPLS = ("xla", "reference", "blockwise")
 MASK_KINDS = ("causal", "prefix", "block")  # model.attention_mask; index = PackedBatch `mask_kind`
+IMAGE_INPUTS = ("discrete", "continuous")  # model.image_input
 SCHEDULES = ("cosine", "wsd", "constant")
 ON_SCHEDULE_CHANGE = ("refuse", "restart_schedule")  # train.on_schedule_change (mmntp_jax/train/resume_check.py)
 DATA_ON_ERROR = ("stop", "skip")  # data.on_error (mmntp_jax/data/records.py)
@@ -50,6 +51,11 @@ class ModelConfig:
     attention_block: int = 512
     # causal | prefix (bidirectional context prefix) | block (bidirectional context media blocks)
     attention_mask: str = "causal"
+    # discrete: image codes have embedding rows | continuous: an image code enters as the image
+    # tokenizer's quantized latent, projected (model/continuous_input.py); the job sets the two keys below
+    image_input: str = "discrete"
+    image_feature_dim: int = 0  # the latent width F of the continuous input
+    image_tokenizer: str = field(default="", metadata={"path": True})  # the tokenizer folder the latents come from
     remat: str = "none"
     scan_layers: bool = True
     max_seq_len: int = 8192

@@ -12,7 +12,7 @@ import typing
 from typing import Sequence
 
 from mmntp_jax.config import (
-    ATTENTION_IMPLS, DATA_ON_ERROR, DTYPES, JOB_KINDS, JOB_TEXT_TOKENIZERS, MASK_KINDS, ON_SCHEDULE_CHANGE, REMAT_POLICIES,
+    ATTENTION_IMPLS, DATA_ON_ERROR, DTYPES, IMAGE_INPUTS, JOB_KINDS, JOB_TEXT_TOKENIZERS, MASK_KINDS, ON_SCHEDULE_CHANGE, REMAT_POLICIES,
     SCHEDULES, Config, ConfigError, MeshConfig,
 )
 
@@ -108,6 +108,7 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
     _choice(m.remat, REMAT_POLICIES, "model.remat")
     _choice(m.attention, ATTENTION_IMPLS, "model.attention")
     _choice(m.attention_mask, MASK_KINDS, "model.attention_mask")
+    _choice(m.image_input, IMAGE_INPUTS, "model.image_input")
     for k, entry in enumerate(d.mixture):
         if isinstance(entry, (tuple, list)) and len(entry) == 4:
             _choice(entry[3], MASK_KINDS, f"data.mixture[{k}] mask kind")

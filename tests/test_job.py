@@ -91,6 +91,25 @@ def test_a_finished_job_trains_on_with_a_new_schedule_when_asked(tmp_path):
     assert all(f"stage {s}: complete" in again for s in ("tokenizer", "data", "backbone", "evaluation", "sheet")), again
 
 
+def test_a_continuous_input_job_reads_its_tokenizers_latents(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    mmntp("train", "--workdir", workdir, *TINY_JOB, "--set", "model.image_input=continuous")
+    import mmntp_jax as mm
+    from mmntp_jax.data.vocab import Vocab
+    from mmntp_jax.model.continuous_input import code_latent_table
+    from mmntp_jax.tokenizers.io import load_tokenizer
+
+    config = load_config(str(workdir / "config.json")).model
+    assert (config.image_input, config.image_tokenizer, config.image_feature_dim) == ("continuous", str(workdir / "tokenizers/image"), 4)
+    table = code_latent_table(load_tokenizer(workdir / "tokenizers/image"), Vocab.load(workdir / "vocab.json"), config.vocab_size)
+    np.testing.assert_array_equal(np.asarray(mm.load(workdir).params["multi_modal_projector"]["latents"]), table)
+    figures = json.loads((workdir / "eval/4.json").read_text())
+    assert 0.0 <= figures["caption_accuracy"] <= 1.0 and 0.0 <= figures["image_agreement"] <= 1.0
+    assert cli.main(["export", "hf", "--workdir", str(workdir), "--out", str(tmp_path / "hf")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "model.image_input='continuous' cannot be exported" in lines[0], lines
+
+
 def test_sample_draws_and_captions(job, capsys):
     assert cli.main(["sample", "--workdir", str(job), "--prompt", "a small red circle at the centre on a blue and light blue plain background",
                      "--generate", "image", "--out", str(job / "s")]) == 0

@@ -114,6 +114,12 @@ def check_expressible(cfg: ModelConfig, param_names) -> None:
             f"while this run lets context tokens ({'the document prefix' if cfg.attention_mask == 'prefix' else 'context media blocks'}) "
             "attend bidirectionally, so the exported model would compute different logits; train with model.attention_mask='causal' to export"
         )
+    if cfg.image_input != defaults.image_input:
+        raise NotExpressible(
+            f"model.image_input={cfg.image_input!r} cannot be exported: image codes enter this model through its "
+            f"multi_modal_projector (the image tokenizer's latents, projected), which transformers' {architecture(cfg)} does not have; "
+            "train with model.image_input='discrete' to export (mmntp export stablehlo keeps the whole model)"
+        )
     for name in sorted(set(cfg.__dataclass_fields__) - COMPUTE_ONLY_FIELDS - MAPPED_FIELDS):
         if getattr(cfg, name) != getattr(defaults, name):
             raise NotExpressible(f"model.{name}={getattr(cfg, name)!r} has no counterpart in LlamaForCausalLM or Qwen3ForCausalLM")

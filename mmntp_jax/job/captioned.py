@@ -36,9 +36,23 @@ def tokens_dir(workdir) -> Path:
 
 
 def backbone_config(config: Config, workdir) -> Config:
-    """The config the backbone trains with: the job's, reading the job's shards."""
+    """The config the backbone trains with: the job's, reading the job's shards; with
+    `model.image_input=continuous`, the job's image tokenizer supplies the code latents."""
     data = dataclasses.replace(config.data, source="shards", path=str(tokens_dir(workdir)))
-    return dataclasses.replace(config, data=data)
+    model = config.model
+    if model.image_input == "continuous" and not model.image_tokenizer:
+        folder = Path(workdir) / TOKENIZER_DIR
+        model = dataclasses.replace(model, image_tokenizer=str(folder), image_feature_dim=latent_width(config))
+    return dataclasses.replace(config, data=data, model=model)
+
+
+def latent_width(config: Config) -> int:
+    """The width of the job's image tokenizer's code latents, known before that tokenizer exists."""
+    if config.job.tokenizer:
+        from mmntp_jax.tokenizers.io import load_tokenizer
+
+        return load_tokenizer(config.job.tokenizer).config.quantizer.code_dim
+    return tokenizer_experiment(config).model.quantizer.code_dim
 
 
 def heldout_manifest(config: Config, workdir) -> Path:

@@ -4,6 +4,7 @@ Dimensions: B batch, T time, S cache length, D model dim, V vocab, L layers.
 
 Parameter tree (HF Llama names, kernels [in, out], layers stacked on axis 0):
     embed_tokens.embedding [V, D]
+    multi_modal_projector.{latents [V, F+1], kernel [F, D], bias [D]}  only with image_input=continuous
     layers.input_layernorm.weight [L, D]
     layers.self_attn.{q,k,v}_proj [L, D, heads, E], o_proj [L, H, E, D] (+ q_norm/k_norm)
     layers.post_attention_layernorm.weight [L, D]
@@ -28,6 +29,7 @@ from flax import nnx
 
 from mmntp_jax.config import MASK_KINDS
 from mmntp_jax.model.attention import Attention, MaskIds, bidirectional_groups, row_ids
+from mmntp_jax.model.continuous_input import ContinuousInput
 from mmntp_jax.model.layers import MLP, Embedding, RMSNorm, param, rope_cos_sin
 from mmntp_jax.sharding import constrain
 
@@ -64,6 +66,8 @@ class Transformer(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.d_model, cfg.init_std, rngs=rngs)
+        if cfg.image_input == "continuous":
+            self.multi_modal_projector = ContinuousInput(cfg.vocab_size, cfg.image_feature_dim, cfg.d_model, cfg.init_std, rngs=rngs)
 
         @nnx.split_rngs(splits=cfg.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -78,6 +82,13 @@ class Transformer(nnx.Module):
     @property
     def compute_dtype(self):
         return DTYPES[self.cfg.dtype]
+
+    def embed(self, ids_BT):
+        """Input embeddings [B, T, D]: token rows, image codes through the projector when `image_input=continuous`."""
+        x_BTD = self.embed_tokens(ids_BT, self.compute_dtype)
+        if self.cfg.image_input == "continuous":
+            x_BTD = self.multi_modal_projector(ids_BT, x_BTD)
+        return x_BTD
 
     def head_kernel(self):
         """[D, V] output projection (the embedding table transposed when tied)."""
@@ -112,7 +123,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, ids_BT, positions_BT=None, segment_ids_BT=None, block_ids_BT=None, loss_mask_BT=None, mask_kind_BT=None):
         """Hidden states [B, T, D]; the optional fields are those of a PackedBatch."""
-        x_BTD = constrain(self.embed_tokens(ids_BT, self.compute_dtype), ("batch", "length", None))
+        x_BTD = constrain(self.embed(ids_BT), ("batch", "length", None))
         return self.from_embeddings(x_BTD, positions_BT, segment_ids_BT, block_ids_BT, loss_mask_BT, mask_kind_BT)
 
     def from_embeddings(self, x_BTD, positions_BT=None, segment_ids_BT=None, block_ids_BT=None, loss_mask_BT=None, mask_kind_BT=None):
@@ -148,7 +159,7 @@ class Transformer(nnx.Module):
         groups_BT = jnp.zeros_like(segment_ids_BT) if groups_BT is None else groups_BT
         q_ids = row_ids(segment_ids_BT, groups_BT, index)
         cos_BTE, sin_BTE = rope_cos_sin(positions_BT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
-        x_BTD = self.embed_tokens(ids_BT, self.compute_dtype)
+        x_BTD = self.embed(ids_BT)
         graphdef, state = nnx.split(self.layers)
 
         def step(x, layer_and_cache):

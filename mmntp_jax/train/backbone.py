@@ -43,6 +43,19 @@ from mmntp_jax.train.step import StepBuilder, summarize
 RESUMABLE_CHANGES = ("data.on_error", "train.cpu_devices", "job.generate_batch", "job.sheet_items", "train.progress", "train.compilation_cache", "train.peak_flops", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
 
 
+def continuous_input_params(params: dict, model, vocab) -> dict:
+    """`params` with the continuous-input table filled from `model.image_tokenizer` (model/continuous_input.py)."""
+    from mmntp_jax.config import ConfigError
+    from mmntp_jax.model.continuous_input import code_latent_table, fill_latents
+    from mmntp_jax.tokenizers.io import load_tokenizer
+
+    if not model.image_tokenizer:
+        raise ConfigError("model.image_input=continuous needs model.image_tokenizer, the image tokenizer folder whose code latents "
+                          "enter the model (the captioned job sets it), and model.image_feature_dim, their width")
+    table = code_latent_table(load_tokenizer(model.image_tokenizer), vocab, model.vocab_size)
+    return fill_latents(params, table, model.image_feature_dim)
+
+
 def run_spec(config: Config) -> RunSpec:
     return RunSpec(flatten(json.loads(to_json(config))), config.optim, config.train.steps, config.train.on_schedule_change)
 
@@ -179,6 +192,9 @@ class BackboneClient(Client):
             params, _ = checkpointer.restore_params(0, self.builder.abstract_state().params)
             state = state.replace(params=params)
             log(f"initial parameters from {workdir}/checkpoints/0")
+        if self.config.model.image_input == "continuous":
+            state = state.replace(params=continuous_input_params(state.params, self.config.model, self.vocab))
+            log(f"continuous image input: the code latents of {self.config.model.image_tokenizer}")
         return state
 
     def started(self, start: int, log) -> None:

@@ -1,4 +1,4 @@
-"""AdamW with decoupled weight decay (masked off norms and biases), schedules, clipping.
+"""AdamW with decoupled weight decay (masked off norms, biases and frozen tables), schedules, clipping.
 
 Schedules (all start with a linear warm-up from 0 to `lr` over `warmup_steps`):
   cosine    cosine decay from lr to lr·min_lr_ratio at the last step;
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-NO_DECAY_MARKERS = ("norm", "bias")
+NO_DECAY_MARKERS = ("norm", "bias", "latents")  # latents: the frozen continuous-input table
 
 
 def learning_rate_schedule(optim, total_steps: int):
