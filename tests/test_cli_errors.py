@@ -373,3 +373,28 @@ def test_inside_keeps_links_within_the_folder(tmp_path):
     (tmp_path / "sub" / "link").symlink_to(Path("..", "a.txt"))
     assert inside(tmp_path, "sub/link") == tmp_path / "sub" / "link"
     assert inside(tmp_path, "sub/../a.txt") == tmp_path / "sub/../a.txt"
+
+
+def test_asyncio_reports_of_a_failed_saves_writes_are_dropped():
+    import logging
+
+    from mmntp_jax.train.checkpoint import quiet_save_failures
+
+    quiet_save_failures()
+    namespace = {}
+    exec(compile("def write():\n    raise ValueError('RESOURCE_EXHAUSTED: No space left on device')\n",
+                 "/site-packages/orbax/checkpoint/_src/serialization/fake.py", "exec"), namespace)
+
+    def exc_info_of(function):
+        try:
+            function()
+        except ValueError:
+            return sys.exc_info()
+
+    def kept(exc_info) -> bool:
+        logger = logging.getLogger("asyncio")
+        record = logger.makeRecord("asyncio", logging.ERROR, "base_events.py", 1, "Task exception was never retrieved", None, exc_info)
+        return all(f.filter(record) for f in logger.filters)
+
+    assert not kept(exc_info_of(namespace["write"]))
+    assert kept(exc_info_of(lambda: int("not a number")))  # anything else asyncio reports stays

@@ -11,7 +11,8 @@ A save that fails in the background (disk full, permissions, an unreachable
 path) is reported by `check()`, which the loop calls after every step, as a
 `CheckpointSaveError` naming the checkpoint path, the cause and the step that is
 still intact; `save`, `wait` and `close` report it the same way. orbax's own
-log record of the failure (a traceback from its writer thread) is dropped by
+log record of the failure (a traceback from its writer thread), and asyncio's
+report of the save's other writes that failed alike, are dropped by
 `quiet_save_failures`, so the failure reads as that one line.
 
 Recovery (docs/reliability.md, "Checkpoints"): a checkpoint is complete when
@@ -34,6 +35,7 @@ import itertools
 import json
 import logging
 import os
+import traceback
 import warnings
 
 import jax
@@ -349,15 +351,21 @@ class Checkpointer:
             self.manager.close()
 
 
+def _raised_in_orbax(exc_info) -> bool:
+    return bool(exc_info and exc_info[2]) and any("orbax" in frame.filename for frame in traceback.extract_tb(exc_info[2]))
+
+
 class _DropSaveTracebacks(logging.Filter):
-    """Drops orbax's error records that carry a writer thread's traceback."""
+    """Drops error records that carry the traceback of an orbax writer: orbax's own (through absl), and
+    asyncio's "Task exception was never retrieved" for the sibling writes of a save that failed."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and "orbax" in record.pathname)
+        return not (record.exc_info and ("orbax" in record.pathname or _raised_in_orbax(record.exc_info)))
 
 
 def quiet_save_failures() -> None:
-    """Installs the filter once on the absl logger that orbax logs through."""
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropSaveTracebacks) for f in logger.filters):
-        logger.addFilter(_DropSaveTracebacks())
+    """Installs the filter once on the absl logger that orbax logs through and on asyncio's."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropSaveTracebacks) for f in logger.filters):
+            logger.addFilter(_DropSaveTracebacks())
