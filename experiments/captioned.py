@@ -18,8 +18,8 @@ steer from. The mask is causal, so `mmntp export hf` gives the same model in
 transformers; `--set model.attention_mask=block` lets context images attend
 bidirectionally (export then refuses: transformers' Llama is causal).
 
-Measured (2-core CPU, docs/benchmarks.md "The captioned job"): 25 min 57 s on a
-shared machine (backbone 1.02 s/step); eval loss text 0.475 / image 3.48 nats;
+Measured (2-core CPU, docs/benchmarks.md "The captioned job"): 20 min 26 s with
+nothing else running (backbone 983 s); eval loss text 0.475 / image 3.48 nats;
 caption_accuracy 0.673 (colour 0.79, shape 0.25, background 0.99),
 image_agreement 0.746 (colour 0.84, shape 0.41, background 0.98),
 classifier_accuracy 0.955 — targets 0.90 / 0.80 / 0.90: met for the
