@@ -48,6 +48,7 @@ def test_train_then_sample_then_eval(experiment, tmp_path):
     assert again.returncode == 0 and "complete" in again.stderr
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_ctrl_c_saves_and_the_same_command_resumes(experiment, tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "mmntp_jax.cli", "train", "--config", str(experiment), "--workdir", str(workdir), "--set", "train.steps=400", "--set", "checkpoint.every=1000"]

@@ -201,6 +201,7 @@ def class_data(tmp_path_factory):
     return read_pairs(train_path) + read_pairs(heldout_path)
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_judge_on_class_captions(class_data):
     train_x, train_c, held_x, held_c = class_data
     assert caption_accuracy([" " + c for c in held_c], held_c, train_references=train_c) == {"caption_accuracy": 1.0, "caption_scheme": "exact"}

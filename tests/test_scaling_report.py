@@ -87,6 +87,7 @@ def _mixed_records():
     return records, law_t, law_i
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_fit_runs_mixed_modal_report(tmp_path):
     records, law_t, law_i = _mixed_records()
     result = fit_runs(runs_from_records(records, "mixed.csv"), out_dir=tmp_path, n_boot=0, starts=FEW_STARTS)

@@ -51,7 +51,11 @@ def plain():
     return losses("xla", -1)
 
 
-@pytest.mark.parametrize("attention, loss_chunk", [("blockwise", 16), ("blockwise", 0), ("xla", 16), ("reference", -1)])
+SLOW = pytest.mark.slow  # the other variants: under -m slow, so the default suite stays under 15 minutes
+
+
+@pytest.mark.parametrize("attention, loss_chunk", [("blockwise", 16), pytest.param("blockwise", 0, marks=SLOW),
+                                                   pytest.param("xla", 16, marks=SLOW), pytest.param("reference", -1, marks=SLOW)])
 def test_float32_variants_reach_the_plain_decoders_losses(plain, attention, loss_chunk):
     want, _ = plain
     got, _ = losses(attention, loss_chunk)
@@ -59,7 +63,7 @@ def test_float32_variants_reach_the_plain_decoders_losses(plain, attention, loss
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("attention", ["blockwise", "xla"])
+@pytest.mark.parametrize("attention", ["blockwise", pytest.param("xla", marks=SLOW)])
 def test_bfloat16_compute_stays_within_1e2_of_float32(plain, attention):
     want, _ = plain
     got, state = losses(attention, 16, dtype="bfloat16")

@@ -94,6 +94,7 @@ def _experiment(**changes):
     return dataclasses.replace(base, **changes)
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_output_layer():
     gan = GanConfig(weight=0.5, start_step=0, adaptive=True, channels=8, layers=1)
     exp = _experiment(loss=LossConfig(reconstruction="l1", gan=gan))
@@ -115,6 +116,7 @@ def test_adaptive_gan_weight_is_the_gradient_norm_ratio_at_the_output_layer():
     assert float(metrics["gan/weight"]) == pytest.approx(0.5 * norm(g_rec) / (norm(g_gan) + 1e-4), rel=1e-3)
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_parameter_ema_follows_its_recurrence_is_what_eval_uses_and_ignores_a_skipped_step():
     exp = _experiment(train=TokenizerTrainConfig(steps=4, batch_size=4, ema_decay=0.5, progress=False))
     builder = TokenizerStepBuilder(exp, make_mesh(MeshConfig(data=1), jax.devices()[:1]))

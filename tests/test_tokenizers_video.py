@@ -45,6 +45,7 @@ def test_decoder_is_causal_too(video):
     np.testing.assert_array_equal(frames[:, :5], other[:, :5])  # frames 0..4 come from steps 0 and 1
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_inflated_video_tokenizer_codes_first_frame_like_the_image_tokenizer():
     image = ImageTokenizer(ImageTokenizerConfig(channel_mult=(1, 2), attention=True, **ARCH), rngs=nnx.Rngs(1))
     video = VideoTokenizer(VideoTokenizerConfig(frames=5, temporal_factor=2, channel_mult=(1, 2), attention=True, **ARCH), rngs=nnx.Rngs(2))
