@@ -35,16 +35,8 @@ from mmntp_jax.config import Config, MeshConfig
 from mmntp_jax.sharding import make_mesh, shard_batch
 from mmntp_jax.train.step import StepBuilder
 
-
-def random_batch(config: Config) -> dict:
-    rng = np.random.default_rng(0)
-    b, t, v = config.train.batch_size, config.train.seq_len, config.model.vocab_size
-    tokens = rng.integers(0, v, size=(b, t + 1), dtype=np.int32)
-    return {
-        "inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-        "segment_ids": np.ones((b, t), np.int32), "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
-        "loss_mask": np.ones((b, t), np.float32), "modality": np.zeros((b, t), np.int32), "block_ids": np.zeros((b, t), np.int32),
-    }
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_step import random_batch  # noqa: E402 — the same random batch as the train-step benchmark
 
 
 def make_config(args) -> Config:
