@@ -21,6 +21,9 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_save
 ATTENTION_IMPLS = ("xla", "reference", "blockwise")
 MASK_KINDS = ("causal", "prefix", "block")  # model.attention_mask; index = PackedBatch `mask_kind`
 IMAGE_INPUTS = ("discrete", "continuous")  # model.image_input
+IMAGE_OUTPUTS = ("discrete", "regression", "diffusion")  # model.image_output (model/continuous_output.py)
+REGRESSION_LOSSES = ("mse", "cosine")  # model.regression_loss
+DIFFUSION_FORMS = ("token",)  # model.diffusion_form: a per-token denoiser conditioned on each hidden state (MAR)
 SCHEDULES = ("cosine", "wsd", "constant")
 ON_SCHEDULE_CHANGE = ("refuse", "restart_schedule")  # train.on_schedule_change (mmntp_jax/train/resume_check.py)
 DATA_ON_ERROR = ("stop", "skip")  # data.on_error (mmntp_jax/data/records.py)
@@ -54,8 +57,17 @@ class ModelConfig:
     # discrete: image codes have embedding rows | continuous: an image code enters as the image
     # tokenizer's quantized latent, projected (model/continuous_input.py); the job sets the two keys below
     image_input: str = "discrete"
-    image_feature_dim: int = 0  # the latent width F of the continuous input
+    # discrete: the next image code through lm_head | regression: its latent, by a linear head (CTP) |
+    # diffusion: its latent, sampled by a flow-matching denoiser (model/continuous_output.py)
+    image_output: str = "discrete"
+    image_feature_dim: int = 0  # the latent width F of continuous input and output
     image_tokenizer: str = field(default="", metadata={"path": True})  # the tokenizer folder the latents come from
+    regression_loss: str = "mse"  # image_output=regression: mse | cosine
+    diffusion_form: str = "token"  # image_output=diffusion: token (a denoiser per position)
+    diffusion_width: int = 256  # W of the denoiser MLP
+    diffusion_depth: int = 3  # its residual blocks
+    diffusion_samples: int = 4  # (t, noise) draws per image target and step
+    diffusion_steps: int = 32  # Euler steps when sampling
     remat: str = "none"
     scan_layers: bool = True
     max_seq_len: int = 8192

@@ -143,7 +143,7 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     params = {"multi_modal_projector": {"latents": jnp.zeros((vocab.size, 7))}}
     with pytest.raises(ConfigError, match=r"model.image_feature_dim=6: the image tokenizer's latents are 3-dimensional.*image_feature_dim=3"):
         fill_latents(params, code_latent_table(fsq, vocab, vocab.size), 6)
-    from mmntp_jax.train.backbone import continuous_input_params
+    from mmntp_jax.train.backbone import code_latent_params
 
-    with pytest.raises(ConfigError, match="needs model.image_tokenizer"):
-        continuous_input_params({}, dataclasses.replace(CFG, image_tokenizer=""), vocab)
+    with pytest.raises(ConfigError, match="need model.image_tokenizer"):
+        code_latent_params({}, dataclasses.replace(CFG, image_tokenizer=""), vocab)

@@ -91,9 +91,9 @@ def test_a_finished_job_trains_on_with_a_new_schedule_when_asked(tmp_path):
     assert all(f"stage {s}: complete" in again for s in ("tokenizer", "data", "backbone", "evaluation", "sheet")), again
 
 
-def test_a_continuous_input_job_reads_its_tokenizers_latents(tmp_path, capsys):
+def test_a_continuous_input_and_regression_output_job_reads_its_tokenizers_latents(tmp_path, capsys):
     workdir = tmp_path / "run"
-    mmntp("train", "--workdir", workdir, *TINY_JOB, "--set", "model.image_input=continuous")
+    mmntp("train", "--workdir", workdir, *TINY_JOB, "--set", "model.image_input=continuous", "--set", "model.image_output=regression")
     import mmntp_jax as mm
     from mmntp_jax.data.vocab import Vocab
     from mmntp_jax.model.continuous_input import code_latent_table
@@ -102,12 +102,33 @@ def test_a_continuous_input_job_reads_its_tokenizers_latents(tmp_path, capsys):
     config = load_config(str(workdir / "config.json")).model
     assert (config.image_input, config.image_tokenizer, config.image_feature_dim) == ("continuous", str(workdir / "tokenizers/image"), 4)
     table = code_latent_table(load_tokenizer(workdir / "tokenizers/image"), Vocab.load(workdir / "vocab.json"), config.vocab_size)
-    np.testing.assert_array_equal(np.asarray(mm.load(workdir).params["multi_modal_projector"]["latents"]), table)
+    params = mm.load(workdir).params
+    np.testing.assert_array_equal(np.asarray(params["multi_modal_projector"]["latents"]), table)
+    np.testing.assert_array_equal(np.asarray(params["image_head"]["latents"]), table)
     figures = json.loads((workdir / "eval/4.json").read_text())
     assert 0.0 <= figures["caption_accuracy"] <= 1.0 and 0.0 <= figures["image_agreement"] <= 1.0
+    last = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines() if '"eval/continuous_loss/image"' in x]
+    assert last and np.isfinite(last[-1]["eval/continuous_loss/image"])
     assert cli.main(["export", "hf", "--workdir", str(workdir), "--out", str(tmp_path / "hf")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "model.image_input='continuous' cannot be exported" in lines[0], lines
+
+
+def test_a_diffusion_output_job_draws_images_from_its_denoiser(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    mmntp("train", "--workdir", workdir, *TINY_JOB, "--set", "model.image_output=diffusion", "--set", "model.diffusion_steps=4")
+    figures = json.loads((workdir / "eval/4.json").read_text())
+    assert 0.0 <= figures["image_agreement"] <= 1.0 and figures["samples"].endswith("sheet.png")
+    assert cli.main(["sample", "--workdir", str(workdir), "--prompt", "a small red circle at the centre on a plain blue background",
+                     "--generate", "image", "--out", str(tmp_path / "s")]) == 0
+    from PIL import Image
+
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert np.asarray(Image.open(path)).shape == (32, 32, 3)
+    assert cli.main(["export", "stablehlo", "--workdir", str(workdir), "--out", str(tmp_path / "hlo")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "model.image_output='diffusion' cannot be exported" in lines[0], lines
+    assert not (tmp_path / "hlo").exists()
 
 
 def test_sample_draws_and_captions(job, capsys):

@@ -120,6 +120,12 @@ def check_expressible(cfg: ModelConfig, param_names) -> None:
             f"multi_modal_projector (the image tokenizer's latents, projected), which transformers' {architecture(cfg)} does not have; "
             "train with model.image_input='discrete' to export (mmntp export stablehlo keeps the whole model)"
         )
+    if cfg.image_output != defaults.image_output:
+        raise NotExpressible(
+            f"model.image_output={cfg.image_output!r} cannot be exported: this model predicts image tokens with its image_head "
+            f"(a latent {'regression' if cfg.image_output == 'regression' else 'denoiser'}), which transformers' {architecture(cfg)} does not have; "
+            "train with model.image_output='discrete' to export"
+        )
     for name in sorted(set(cfg.__dataclass_fields__) - COMPUTE_ONLY_FIELDS - MAPPED_FIELDS):
         if getattr(cfg, name) != getattr(defaults, name):
             raise NotExpressible(f"model.{name}={getattr(cfg, name)!r} has no counterpart in LlamaForCausalLM or Qwen3ForCausalLM")

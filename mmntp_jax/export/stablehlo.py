@@ -104,6 +104,9 @@ def export_stablehlo(workdir, out, *, step: int | None = None, dtype: str = "flo
         raise ValueError(f"--platforms {','.join(platforms)}: expected a subset of {','.join(PLATFORMS)}")
     reader = open_for_output(workdir, step, out, force)
     cfg = reader.config.model
+    if cfg.image_output != "discrete":
+        raise ValueError(f"{workdir}: model.image_output={cfg.image_output!r} cannot be exported to StableHLO: the exported functions "
+                         "return logits, and this model's image tokens come from its image_head's latents (export a discrete-output run)")
     info = reader.checked_params_info()
     params_spec = unflatten({name: jax.ShapeDtypeStruct(a.shape, np_dtype) for name, a in info.items()})
     exported_forward, exported_decode = export_functions(cfg, params_spec, tuple(platforms))

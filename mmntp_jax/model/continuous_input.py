@@ -64,10 +64,14 @@ def code_latent_table(tokenizer, vocab, vocab_size: int, modality: str = "image"
     module = tokenizer.module()
     quantizer = module.quantize.config
     if quantizer.kind not in ONE_CODE_PER_POSITION:
-        raise ConfigError(f"model.image_input=continuous: the image tokenizer's quantizer is {quantizer.kind!r}; "
-                          f"code latents need one code per position ({', '.join(ONE_CODE_PER_POSITION)})")
+        raise ConfigError(f"model.image_input=continuous / model.image_output=regression|diffusion: the image tokenizer's quantizer is "
+                          f"{quantizer.kind!r}; code latents need one code per position ({', '.join(ONE_CODE_PER_POSITION)})")
     codes = np.arange(vocab.range_size(modality))
     latents_CF = np.asarray(module.quantize.lookup(jnp.asarray(codes), (len(codes),)), np.float32).reshape(len(codes), -1)
+    bad = np.flatnonzero(~np.isfinite(latents_CF).all(axis=1))
+    if bad.size:
+        raise ConfigError(f"the image tokenizer's code latents are not finite for {bad.size} codes (first: code {bad[0]}); "
+                          "its codebook is damaged, so it cannot supply continuous latents")
     table = np.zeros((vocab_size, latents_CF.shape[1] + 1), np.float32)
     start = vocab.offset(modality)
     table[start : start + len(codes), :-1] = latents_CF
@@ -75,13 +79,18 @@ def code_latent_table(tokenizer, vocab, vocab_size: int, modality: str = "image"
     return table
 
 
-def fill_latents(params: dict, table: np.ndarray, feature_dim: int, sharding=None) -> dict:
-    """`params` with the projector's table set to `table` (shape-checked against `model.image_feature_dim`)."""
-    current = params["multi_modal_projector"]["latents"]
+def fill_latents(params: dict, table: np.ndarray, feature_dim: int, sharding=None, module: str = "multi_modal_projector") -> dict:
+    """`params` with `module`'s table set to `table` (shape-checked against `model.image_feature_dim`)."""
+    current = params[module]["latents"]
     if table.shape != tuple(current.shape):
         raise ConfigError(f"model.image_feature_dim={feature_dim}: the image tokenizer's latents are {table.shape[1] - 1}-dimensional "
                           f"(table {table.shape}, the model expects {tuple(current.shape)}); set model.image_feature_dim={table.shape[1] - 1}")
     value = jnp.asarray(table, current.dtype)
     value = jax.device_put(value, sharding if sharding is not None else current.sharding)
-    projector = dict(params["multi_modal_projector"], latents=value)
-    return dict(params, multi_modal_projector=projector)
+    return dict(params, **{module: dict(params[module], latents=value)})
+
+
+def latent_modules(model_config) -> tuple[str, ...]:
+    """The parameter modules holding a code-latent table under `model_config`."""
+    return (("multi_modal_projector",) if model_config.image_input == "continuous" else ()) + (
+        ("image_head",) if model_config.image_output != "discrete" else ())

@@ -10,7 +10,10 @@ static, so one compiled program serves every batch of the same size.
 
 Each step samples only the ids `BlockRules` allows after what came before
 (inside a media block: that modality's codes, the exact block length, then its
-end marker); a row that has emitted `<eos>` emits `<pad>` from then on.
+end marker); a row that has emitted `<eos>` emits `<pad>` from then on. With a
+continuous image head (`model.image_output` regression / diffusion), an image
+code position takes the code of the latent the head samples instead of a draw
+from the logits (`continuous_codes`); the code is fed back like any other.
 Classifier-free guidance runs each prompt beside its context-free version and
 samples from cond + (S − 1)·(cond − free).
 
@@ -103,6 +106,17 @@ def guided(logits_BV, guidance: float):
     return cond_BV + (guidance - 1.0) * (cond_BV - free_BV)
 
 
+def continuous_codes(head, hidden_BD, key, temperature: float, guidance, allowed_BV, token_B):
+    """`token_B` with each row at an image-code position (its allowed ids are codes) replaced by
+    the code of a latent sampled from the continuous image head (model/continuous_output.py);
+    the head runs only when some row is at such a position."""
+    code_V = head.table()[:, -1] > 0
+    at_code_B = jnp.any(allowed_BV & code_V[None], axis=-1)
+    sampled_B = jax.lax.cond(jnp.any(at_code_B), lambda: head.sample_codes(hidden_BD, jax.random.fold_in(key, 1), temperature, guidance),
+                             lambda: token_B)
+    return jnp.where(at_code_B, sampled_B, token_B)
+
+
 @functools.partial(jax.jit, static_argnames=("graph", "max_new_tokens", "temperature", "top_k", "top_p", "rules", "guidance"))
 def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, rules=None, block_B=None, filled_B=None, guidance: float | None = None):
@@ -121,6 +135,7 @@ def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_n
     cache = model.init_cache(b, p + max_new_tokens)
     hidden_BPD, cache = model.decode(ids_BP, positions_BP, segments_BP, cache, 0, prompt_groups(model, ids_BP, segments_BP))
     w_DV = model.head_kernel()
+    head = getattr(model, "image_head", None)
     next_pos_B = positions_BP[:, -1] + 1
     rows = b // 2 if guidance is not None else b
     state = (jnp.full((rows,), -1, jnp.int32) if block_B is None else block_B[:rows], jnp.zeros((rows,), jnp.int32) if filled_B is None else filled_B[:rows],
@@ -133,6 +148,8 @@ def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_n
         allowed_BV = rules.allowed(block, filled, v) if rules is not None else jnp.ones((rows, v), bool)
         allowed_BV = jnp.where(ended[:, None], jnp.arange(v) == 0, allowed_BV)
         token_B = sample_token(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p, allowed_BV)
+        if head is not None and rules is not None:
+            token_B = continuous_codes(head, hidden_B1D[:, 0], jax.random.fold_in(key, i), temperature, guidance, allowed_BV, token_B)
         block, filled = rules.advance(block, filled, token_B) if rules is not None else (block, filled)
         ended = ended | (token_B == 2)  # <eos>
         token_B = jnp.concatenate([token_B, token_B]) if guidance is not None else token_B

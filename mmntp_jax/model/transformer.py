@@ -10,6 +10,7 @@ Parameter tree (HF Llama names, kernels [in, out], layers stacked on axis 0):
     layers.post_attention_layernorm.weight [L, D]
     layers.mlp.{gate,up}_proj [L, D, F], down_proj [L, F, D]
     norm.weight [D];  lm_head [D, V] unless tie_embeddings
+    image_head.{latents [V, F+1], kernel, bias | denoiser.*}  only with image_output=regression | diffusion
 
 Masks: `__call__` takes the PackedBatch fields the mask needs (segment_ids,
 block_ids, loss_mask and the optional per-token mask_kind, -1 = this model's
@@ -30,6 +31,7 @@ from flax import nnx
 from mmntp_jax.config import MASK_KINDS
 from mmntp_jax.model.attention import Attention, MaskIds, bidirectional_groups, row_ids
 from mmntp_jax.model.continuous_input import ContinuousInput
+from mmntp_jax.model.continuous_output import ContinuousOutput
 from mmntp_jax.model.layers import MLP, Embedding, RMSNorm, param, rope_cos_sin
 from mmntp_jax.sharding import constrain
 
@@ -78,6 +80,8 @@ class Transformer(nnx.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std=cfg.init_std)
+        if cfg.image_output != "discrete":
+            self.image_head = ContinuousOutput(cfg, rngs=rngs)
 
     @property
     def compute_dtype(self):

@@ -32,6 +32,7 @@ from mmntp_jax.model.flops import training_flops_per_step
 from mmntp_jax.paths import resolve_config_paths, resolve_path
 from mmntp_jax.sharding import make_mesh, shard_batch
 from mmntp_jax.train.checkpoint import Checkpointer
+from mmntp_jax.model.continuous_input import latent_modules
 from mmntp_jax.train.guards import fill_guard
 from mmntp_jax.train.loop import Client, enable_compilation_cache, fit
 from mmntp_jax.train.metrics import measure_matmul_peak, provenance
@@ -43,17 +44,21 @@ from mmntp_jax.train.step import StepBuilder, summarize
 RESUMABLE_CHANGES = ("data.on_error", "train.cpu_devices", "job.generate_batch", "job.sheet_items", "train.progress", "train.compilation_cache", "train.peak_flops", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
 
 
-def continuous_input_params(params: dict, model, vocab) -> dict:
-    """`params` with the continuous-input table filled from `model.image_tokenizer` (model/continuous_input.py)."""
+def code_latent_params(params: dict, model, vocab) -> dict:
+    """`params` with every code-latent table (continuous image input and output) filled from
+    `model.image_tokenizer` (model/continuous_input.py, model/continuous_output.py)."""
     from mmntp_jax.config import ConfigError
-    from mmntp_jax.model.continuous_input import code_latent_table, fill_latents
+    from mmntp_jax.model.continuous_input import code_latent_table, fill_latents, latent_modules
     from mmntp_jax.tokenizers.io import load_tokenizer
 
     if not model.image_tokenizer:
-        raise ConfigError("model.image_input=continuous needs model.image_tokenizer, the image tokenizer folder whose code latents "
-                          "enter the model (the captioned job sets it), and model.image_feature_dim, their width")
+        raise ConfigError(f"model.image_input={model.image_input} / model.image_output={model.image_output} need model.image_tokenizer, "
+                          "the image tokenizer folder whose code latents the model reads or predicts (the captioned job sets it), "
+                          "and model.image_feature_dim, their width")
     table = code_latent_table(load_tokenizer(model.image_tokenizer), vocab, model.vocab_size)
-    return fill_latents(params, table, model.image_feature_dim)
+    for module in latent_modules(model):
+        params = fill_latents(params, table, model.image_feature_dim, module=module)
+    return params
 
 
 def run_spec(config: Config) -> RunSpec:
@@ -192,9 +197,9 @@ class BackboneClient(Client):
             params, _ = checkpointer.restore_params(0, self.builder.abstract_state().params)
             state = state.replace(params=params)
             log(f"initial parameters from {workdir}/checkpoints/0")
-        if self.config.model.image_input == "continuous":
-            state = state.replace(params=continuous_input_params(state.params, self.config.model, self.vocab))
-            log(f"continuous image input: the code latents of {self.config.model.image_tokenizer}")
+        if latent_modules(self.config.model):
+            state = state.replace(params=code_latent_params(state.params, self.config.model, self.vocab))
+            log(f"image input {self.config.model.image_input}, output {self.config.model.image_output}: the code latents of {self.config.model.image_tokenizer}")
         return state
 
     def started(self, start: int, log) -> None:

@@ -70,19 +70,25 @@ def token_weights(batch, loss_weights_M=UNIT_WEIGHTS):
     return batch["loss_mask"].astype(jnp.float32) * weight_M[batch["modality"]]
 
 
-def _sums(stats, batch, weights_BT):
+def _sums(stats, batch, weights_BT, ce_weights_BT=None, ce_mask_BT=None):
     """Summed terms of the train loss (weighted, trained softmax) and, per modality,
-    of the full (and restricted) softmax's loss and accuracy over `loss_mask`."""
+    of the full (and restricted) softmax's loss and accuracy over `loss_mask`.
+
+    `ce_weights_BT` / `ce_mask_BT`: the cross-entropy's share of the weights and
+    of `loss_mask` when image targets take a continuous loss (default: all of them);
+    `weight` is always Σ weights_BT, the train loss's denominator.
+    """
     stats = jax.lax.stop_gradient(stats)
     loss_BT, lse_BT = trained(stats)
-    mask_BT = batch["loss_mask"].astype(jnp.float32)
+    ce_weights_BT = weights_BT if ce_weights_BT is None else ce_weights_BT
+    mask_BT = batch["loss_mask"].astype(jnp.float32) if ce_mask_BT is None else ce_mask_BT
     onehot_BTM = jax.nn.one_hot(batch["modality"], N_MODALITIES, dtype=jnp.float32) * mask_BT[..., None]
     per_modality = lambda x_BT: jnp.einsum("BT,BTM->M", x_BT, onehot_BTM)
     sums = {
-        "loss_sum": jnp.sum(loss_BT * weights_BT),
-        "z_sum": jnp.sum(jnp.square(lse_BT) * weights_BT),
+        "loss_sum": jnp.sum(loss_BT * ce_weights_BT),
+        "z_sum": jnp.sum(jnp.square(lse_BT) * ce_weights_BT),
         "weight": jnp.sum(weights_BT),
-        "tokens": jnp.sum(mask_BT),
+        "tokens": jnp.sum(batch["loss_mask"].astype(jnp.float32)),
         "modality_tokens": jnp.sum(onehot_BTM, axis=(0, 1)),
     }
     for suffix in ("", RESTRICTED) if f"loss{RESTRICTED}" in stats else ("",):
@@ -91,37 +97,74 @@ def _sums(stats, batch, weights_BT):
     return sums
 
 
+def continuous_terms(model, hidden_BTD, batch, weights_BT, key):
+    """(cross-entropy weights [B, T], Σ w·continuous loss, sums) under `model.image_output`.
+
+    Discrete output: (weights_BT, 0, {}). Otherwise each target that is an image
+    code takes its continuous loss (model/continuous_output.py) with its weight
+    instead of the cross-entropy; `key` draws the diffusion noise.
+    """
+    if not hasattr(model, "image_head"):
+        return weights_BT, jnp.zeros((), jnp.float32), {}
+    loss_BT, flag_BT = model.image_head.losses(hidden_BTD, batch["targets"], key)
+    mask_BT = batch["loss_mask"].astype(jnp.float32)
+    total = jnp.sum(loss_BT * weights_BT * flag_BT)
+    sums = {
+        "continuous_sum": jax.lax.stop_gradient(total),
+        "continuous_loss_sum": jax.lax.stop_gradient(jnp.sum(loss_BT * mask_BT * flag_BT)),
+        "continuous_tokens": jnp.sum(mask_BT * flag_BT),
+        "ce_mask": mask_BT * (1.0 - flag_BT),
+    }
+    return weights_BT * (1.0 - flag_BT), total, sums
+
+
+def _all_sums(stats, batch, weights_BT, ce_weights_BT, extra):
+    extra = dict(extra)
+    sums = _sums(stats, batch, weights_BT, ce_weights_BT, extra.pop("ce_mask", None))
+    return sums | extra
+
+
+EVAL_KEY = 0  # the eval loss of a diffusion head draws its noise from this fixed seed
+
+
 def _legal_per_token(legal, batch):
     return None if legal is None else legal.per_token(batch["targets"])
 
 
-def loss_sums(params, graph, batch, *, loss_chunk: int, legal: LegalIds | None = None, loss_weights=UNIT_WEIGHTS):
+def loss_sums(params, graph, batch, *, loss_chunk: int, legal: LegalIds | None = None, loss_weights=UNIT_WEIGHTS, key=None):
     """Summed token loss, z-loss term and token weight, in total and per modality."""
     model = bind(graph, params)
     hidden_BTD = hidden_states(model, batch)
     stats = token_stats(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk, _legal_per_token(legal, batch))
-    return _sums(stats, batch, token_weights(batch, loss_weights))
+    weights_BT = token_weights(batch, loss_weights)
+    key = jax.random.key(EVAL_KEY) if key is None else key
+    ce_weights_BT, _, extra = continuous_terms(model, hidden_BTD, batch, weights_BT, key)
+    return _all_sums(stats, batch, weights_BT, ce_weights_BT, extra)
 
 
 def training_objective(params, graph, batch, *, loss_chunk: int, z_loss: float, fused: bool = True,
-                       legal: LegalIds | None = None, loss_weights=UNIT_WEIGHTS):
+                       legal: LegalIds | None = None, loss_weights=UNIT_WEIGHTS, key=None):
     """(Σ w·mask·loss + z·Σ w·mask·lse², sums): the differentiable numerator of the train loss.
 
     `fused` uses the fused linear cross-entropy (gradients formed chunk by chunk);
     otherwise plain autodiff through `token_stats`. `legal` restricts each
-    target's softmax to its legal ids (None: the full softmax).
+    target's softmax to its legal ids (None: the full softmax). With continuous
+    image output, image targets add Σ w·continuous loss instead (`continuous_terms`;
+    `key` draws its noise).
     """
     model = bind(graph, params)
     hidden_BTD = hidden_states(model, batch)
     weights_BT = token_weights(batch, loss_weights)
+    key = jax.random.key(EVAL_KEY) if key is None else key
+    ce_weights_BT, continuous, extra = continuous_terms(model, hidden_BTD, batch, weights_BT, key)
     legal_BT = _legal_per_token(legal, batch)
     if fused:
-        total, stats = fused_cross_entropy(hidden_BTD, model.head_kernel(), batch["targets"], weights_BT, z_loss, loss_chunk, legal_BT)
+        total, stats = fused_cross_entropy(hidden_BTD, model.head_kernel(), batch["targets"], ce_weights_BT, z_loss, loss_chunk, legal_BT)
     else:
         stats = token_stats(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk, legal_BT)
         loss_BT, lse_BT = trained(stats)
-        total = jnp.sum(loss_BT * weights_BT) + z_loss * jnp.sum(jnp.square(lse_BT) * weights_BT)
-    return total, _sums(stats, batch, weights_BT)
+        total = jnp.sum(loss_BT * ce_weights_BT) + z_loss * jnp.sum(jnp.square(lse_BT) * ce_weights_BT)
+    return total + continuous, _all_sums(stats, batch, weights_BT, ce_weights_BT, extra)
 
 
 def data_vocab(config):
@@ -189,32 +232,34 @@ class StepBuilder:
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.state_shardings)
 
     # -- steps ---------------------------------------------------------------
-    def _grads(self, params, batch):
+    def _grads(self, params, batch, key):
         accum = self.config.optim.grad_accum
         total_weight = jnp.sum(token_weights(batch, self.loss_weights))
         total_weight = jnp.where(total_weight > 0, total_weight, 1.0)
         z = self.config.train.z_loss
 
-        def objective(p, micro):
+        def objective(p, micro, micro_key):
             total, sums = training_objective(p, self.graph, micro, loss_chunk=self.loss_chunk, z_loss=z, fused=self.fused_loss,
-                                             legal=self.legal, loss_weights=self.loss_weights)
+                                             legal=self.legal, loss_weights=self.loss_weights, key=micro_key)
             return total / total_weight, sums
 
         grad_fn = jax.grad(objective, has_aux=True)
         if accum == 1:
-            return grad_fn(params, batch)
+            return grad_fn(params, batch, key)
         micro_batches = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
+        micro_keys = jax.random.split(key, accum)
 
-        def body(carry, micro):
-            grads, sums = grad_fn(params, micro)
+        def body(carry, micro_and_key):
+            grads, sums = grad_fn(params, *micro_and_key)
             return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro_batches)))
-        (grads, sums), _ = jax.lax.scan(body, zeros, micro_batches)
+        first = (jax.tree.map(lambda x: x[0], micro_batches), micro_keys[0])
+        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, *first))
+        (grads, sums), _ = jax.lax.scan(body, zeros, (micro_batches, micro_keys))
         return grads, sums
 
     def _train_step(self, state: TrainState, batch):
-        grads, sums = self._grads(state.params, batch)
+        grads, sums = self._grads(state.params, batch, step_key(state))
         lr = self.schedule(state.step)
         optimizer = make_optimizer(self.config.optim, self.config.train.steps, schedule=lambda _: lr)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -254,6 +299,11 @@ class StepBuilder:
         return jax.jit(self._on_mesh(fn), in_shardings=(self.state_shardings.params, self.batch_shardings))
 
 
+def step_key(state: TrainState):
+    """The step's random key (the diffusion head's noise): the run's key folded with the step."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
 def summarize(sums) -> dict:
     """Means from summed terms.
 
@@ -263,9 +313,15 @@ def summarize(sums) -> dict:
     softmax: `loss/m` (nats), `accuracy/m` (argmax == target),
     `bits_per_token/m` (loss / ln 2); with `train.modality_softmax` also
     `loss_restricted/m`, `accuracy_restricted/m`, `bits_per_token_restricted/m`.
+    With continuous image output, image targets leave those cross-entropy means
+    (NaN for image) and `continuous_loss/image` is their mean continuous loss;
+    `loss` includes their weighted share.
     """
     weight = jnp.where(sums["weight"] > 0, sums["weight"], 1.0)
-    metrics = {"loss": sums["loss_sum"] / weight, "z_loss": sums["z_sum"] / weight, "tokens": sums["tokens"]}
+    metrics = {"loss": (sums["loss_sum"] + sums.get("continuous_sum", 0.0)) / weight, "z_loss": sums["z_sum"] / weight, "tokens": sums["tokens"]}
+    if "continuous_sum" in sums:
+        count = sums["continuous_tokens"]
+        metrics["continuous_loss/image"] = jnp.where(count > 0, sums["continuous_loss_sum"] / jnp.maximum(count, 1.0), jnp.nan)
     count_M = sums["modality_tokens"]
     mean = lambda x_M: jnp.where(count_M > 0, x_M / jnp.maximum(count_M, 1.0), jnp.nan)
     for suffix in ("", RESTRICTED) if f"modality_loss{RESTRICTED}_sum" in sums else ("",):

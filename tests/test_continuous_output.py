@@ -1,0 +1,265 @@
+"""Continuous image output (model.image_output = regression | diffusion) against independent references.
+
+References: numpy formulas of the regression losses and their gradients, a
+numpy transcription of the denoiser MLP and the flow-matching loss, the exact
+velocity field of a 2-D Gaussian mixture (the sampler must recover its modes),
+the full forward pass for KV-cache generation, and gradients for the no-leak
+property.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mmntp_jax.config import ConfigError, ModelConfig, load_config
+from mmntp_jax.model import continuous_output as co
+from mmntp_jax.model.init import bind, graphdef
+from mmntp_jax.model.transformer import Transformer
+from mmntp_jax.sharding import make_mesh
+from mmntp_jax.train.step import StepBuilder, training_objective
+from tiny import tiny_config
+
+V, F = 97, 4
+IMAGE = range(40, 90)  # the ids the table flags
+BASE = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, attention_block=8, image_feature_dim=F,
+                   diffusion_width=24, diffusion_depth=2, diffusion_steps=8)
+
+
+def random_table(seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    table = np.zeros((V, F + 1), np.float32)
+    table[IMAGE.start : IMAGE.stop, :F] = rng.uniform(-1, 1, (len(IMAGE), F))
+    table[IMAGE.start : IMAGE.stop, F] = 1.0
+    return table
+
+
+def randomize(module, seed):
+    """Every parameter of `module` (a zero-initialised head included) drawn at random, the table set."""
+    rng = np.random.default_rng(seed)
+    for path, p in nnx.iter_graph(module):
+        if isinstance(p, nnx.Param):
+            p[...] = jnp.asarray(0.3 * rng.normal(size=p[...].shape).astype(np.float32))
+    return module
+
+
+def head_model(mode, seed=0, **kw):
+    cfg = dataclasses.replace(BASE, image_output=mode, **kw)
+    model = Transformer(cfg, rngs=nnx.Rngs(seed))
+    randomize(model.image_head, seed + 7)
+    model.image_head.latents[...] = jnp.asarray(random_table(seed))
+    return model
+
+
+# -- regression (CTP) ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["mse", "cosine"])
+def test_regression_loss_and_gradient_equal_numpy(kind):
+    model = head_model("regression", regression_loss=kind)
+    head = model.image_head
+    rng = np.random.default_rng(1)
+    h = rng.normal(size=(2, 6, BASE.d_model)).astype(np.float32)
+    targets = rng.integers(0, V, (2, 6))
+    table = random_table()
+    x, flag = table[targets, :F], table[targets, F]
+    kernel, bias = np.asarray(head.kernel[...], np.float64), np.asarray(head.bias[...], np.float64)
+    p = h.astype(np.float64) @ kernel + bias
+    if kind == "mse":
+        want = np.mean((p - x) ** 2, axis=-1)
+        dp = 2 * (p - x) / F
+    else:
+        pn, xn = np.linalg.norm(p, axis=-1, keepdims=True), np.linalg.norm(x, axis=-1, keepdims=True)
+        want = 1 - np.sum(p * x, axis=-1) / np.maximum(pn * xn, 1e-8)[..., 0]
+        dp = -(x / (pn * np.maximum(xn, 1e-8)) - np.sum(p * x, axis=-1, keepdims=True) * p / (pn**3 * np.maximum(xn, 1e-8)))
+        dp = np.where(xn > 0, dp, 0.0)  # non-image targets: the latent is zero
+    got, got_flag = head.losses(jnp.asarray(h), jnp.asarray(targets), jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got_flag), flag)
+    weights = flag * rng.uniform(0.5, 2, flag.shape)
+
+    def weighted(head_):
+        return jnp.sum(head_.losses(jnp.asarray(h), jnp.asarray(targets), jax.random.key(0))[0] * weights)
+
+    grad = nnx.grad(weighted)(head)["kernel"][...]
+    want_grad = np.einsum("btd,btf->df", h, dp * weights[..., None])
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-5)
+
+
+# -- diffusion -------------------------------------------------------------------------------------
+def numpy_denoiser(d, x, t, h):
+    """A transcription of `Denoiser.__call__` in float64 numpy."""
+    P = lambda p: np.asarray(p[...], np.float64)
+    silu = lambda z: z / (1 + np.exp(-z))
+    ln = lambda z: (z - z.mean(-1, keepdims=True)) / np.sqrt(z.var(-1, keepdims=True) + 1e-6)
+    half = co.TIME_FEATURES // 2
+    freq = np.exp(-np.log(1000.0) * np.arange(half) / half)
+    angle = 1000.0 * t[:, None] * freq[None]
+    temb = np.concatenate([np.cos(angle), np.sin(angle)], -1)
+    c = silu(h @ P(d.cond_proj) + temb @ P(d.time_proj) + P(d.time_bias))
+    y = x @ P(d.in_proj) + P(d.in_bias)
+    for i in range(d.depth):
+        shift, scale, gate = np.split(c @ P(d.modulation)[i], 3, axis=-1)
+        z = ln(y) * (1 + scale) + shift
+        y = y + gate * (silu(z @ P(d.fc1)[i] + P(d.fc1_bias)[i]) @ P(d.fc2)[i] + P(d.fc2_bias)[i])
+    return ln(y) @ P(d.out_proj) + P(d.out_bias)
+
+
+def test_flow_matching_loss_at_fixed_noise_levels_equals_numpy():
+    d = head_model("diffusion").image_head.denoiser
+    rng = np.random.default_rng(3)
+    n = 10
+    x0, noise, h = rng.uniform(-1, 1, (n, F)), rng.normal(size=(n, F)), rng.normal(size=(n, BASE.d_model))
+    t = np.linspace(0.05, 0.95, n)
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * noise
+    want = np.mean((numpy_denoiser(d, x_t, t, h) - (noise - x0)) ** 2, axis=-1)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    got = co.flow_matching_loss(d, f32(x0), f32(h), f32(t), f32(noise))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=1e-5)
+
+
+def gmm_velocity(means, sigma, weights):
+    """The exact rectified-flow velocity E[ε − x0 | x_t = x] of a Gaussian mixture Σ w_k N(μ_k, σ²I)."""
+    means, weights = jnp.asarray(means, jnp.float32), jnp.asarray(weights, jnp.float32)
+
+    def velocity(x_NF, t_N):
+        t = t_N[:, None, None]
+        s2 = (1 - t) ** 2 * sigma**2 + t**2
+        r_NKF = x_NF[:, None, :] - (1 - t) * means[None]
+        logp_NK = jnp.log(weights)[None] - 0.5 * jnp.sum(r_NKF**2, -1) / s2[..., 0] - means.shape[1] * 0.5 * jnp.log(s2[..., 0])
+        post_NK = jax.nn.softmax(logp_NK, axis=-1)
+        v_NKF = t / s2 * r_NKF - means[None] - (1 - t) * sigma**2 / s2 * r_NKF
+        return jnp.sum(post_NK[..., None] * v_NKF, axis=1)
+
+    return velocity
+
+
+def test_the_sampler_recovers_a_gaussian_mixture():
+    means, sigma, weights = np.array([[-2.0, 0.0], [2.0, 1.0], [0.0, -2.5]]), 0.3, np.array([0.5, 0.3, 0.2])
+    noise = jax.random.normal(jax.random.key(0), (6000, 2))
+    x = np.asarray(co.euler_sample(gmm_velocity(means, sigma, weights), noise, 200))
+    nearest = np.argmin(((x[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_allclose(np.bincount(nearest, minlength=3) / len(x), weights, atol=0.025)
+    for k in range(3):
+        cluster = x[nearest == k]
+        np.testing.assert_allclose(cluster.mean(0), means[k], atol=0.05)
+        np.testing.assert_allclose(cluster.std(0), sigma, rtol=0.15)
+    few = np.asarray(co.euler_sample(gmm_velocity(means, sigma, weights), noise, 2))
+    assert np.abs(few.std(0) - x.std(0)).max() > 0.05  # two steps are visibly off: the test can fail
+
+
+def test_nearest_code_is_the_flagged_argmin():
+    table = random_table(4)
+    latents = np.random.default_rng(5).uniform(-1.2, 1.2, (50, F)).astype(np.float32)
+    d = ((latents[:, None] - table[None, :, :F]) ** 2).sum(-1)
+    d[:, table[:, F] == 0] = np.inf
+    np.testing.assert_array_equal(np.asarray(co.nearest_code(jnp.asarray(latents), jnp.asarray(table))), d.argmin(1))
+
+
+# -- in the model ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["regression", "diffusion"])
+def test_no_continuous_loss_sees_its_target_or_a_later_input(mode):
+    model = head_model(mode)
+    rng = np.random.default_rng(6)
+    t = 24
+    ids = rng.integers(0, V, (1, t + 1))
+    inputs, targets = jnp.asarray(ids[:, :-1]), jnp.asarray(ids[:, 1:])
+    x_BTD = model.embed(inputs)
+    assert (random_table()[ids[0, 1:], F] > 0).sum() > 5
+
+    def losses(x):
+        return model.image_head.losses(model.from_embeddings(x), targets, jax.random.key(1))[0][0]
+
+    g_TT = np.abs(np.asarray(jax.jacrev(losses)(x_BTD)))[:, 0].sum(-1)  # [loss position, input position]
+    assert (np.triu(g_TT, 1) == 0).all(), mode
+    assert (g_TT[np.tril_indices(t)] > 0).all(), mode
+
+
+@pytest.mark.parametrize("mode", ["regression", "diffusion"])
+def test_kv_cache_generation_equals_full_recomputation(mode):
+    from mmntp_jax.data.vocab import Vocab
+    from mmntp_jax.model.block_rules import BlockRules
+    from mmntp_jax.model.generate import generate_ids, left_pad
+
+    vocab = Vocab.build(text=256, image=16)
+    cfg = dataclasses.replace(BASE, vocab_size=vocab.size, image_output=mode)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    randomize(model.image_head, 3)
+    table = np.zeros((vocab.size, F + 1), np.float32)
+    start = vocab.offset("image")
+    table[start : start + 16, :F] = np.random.default_rng(8).uniform(-1, 1, (16, F))
+    table[start : start + 16, F] = 1
+    model.image_head.latents[...] = jnp.asarray(table)
+    rules = BlockRules.from_vocab(vocab, {"image": 6})
+    boi = vocab.special("<boi>")
+    prompts = [np.array([1, 20 + vocab.offset("text"), 30 + vocab.offset("text"), boi]), np.array([1, 40 + vocab.offset("text"), boi])]
+    ids, seg, pos = left_pad(prompts)
+    block, filled = rules.state_after(prompts)
+    graph, params = nnx.split(model)
+    out = np.asarray(generate_ids(graph, params, jnp.asarray(ids), jnp.asarray(seg), jnp.asarray(pos), jax.random.key(0), max_new_tokens=7,
+                                  temperature=0.0, rules=rules, block_B=jnp.asarray(block), filled_B=jnp.asarray(filled)))
+    assert (table[out[:, :6], F] > 0).all() and (out[:, 6] == vocab.special("<eoi>")).all()
+    for row, prompt in enumerate(prompts):
+        full = np.concatenate([prompt, out[row, :6]])[None]
+        hidden = model(jnp.asarray(full))[0]
+        want = co.nearest_code(model.image_head.sample_latents(hidden[len(prompt) - 1 : -1], jax.random.key(9), 0.0), jnp.asarray(table))
+        np.testing.assert_array_equal(out[row, :6], np.asarray(want))
+
+
+def test_image_targets_take_the_weighted_continuous_loss_instead_of_cross_entropy():
+    config = tiny_config(model=dict(vocab_size=V, image_output="regression", image_feature_dim=F), train=dict(seq_len=16, batch_size=2))
+    model = Transformer(config.model, rngs=nnx.Rngs(0))
+    model.image_head.latents[...] = jnp.asarray(random_table())
+    graph, params = nnx.split(model)
+    rng = np.random.default_rng(2)
+    batch = {"inputs": rng.integers(0, V, (2, 16)), "targets": rng.integers(0, V, (2, 16)), "positions": np.tile(np.arange(16), (2, 1)),
+             "segment_ids": np.ones((2, 16), np.int32), "block_ids": np.zeros((2, 16), np.int32),
+             "loss_mask": (rng.uniform(size=(2, 16)) > 0.2).astype(np.float32), "modality": np.zeros((2, 16), np.int32)}
+    flag = random_table()[batch["targets"], F]
+    batch["modality"] = np.where(flag > 0, 1, 0).astype(np.int32)  # MODALITIES[1] is image
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def total(lam):
+        return training_objective(params, graph, batch, loss_chunk=16, z_loss=0.0, loss_weights=(1.0, lam, 1.0, 1.0))[0]
+
+    m = bind(graph, params)
+    cont = np.asarray(m.image_head.losses(m(batch["inputs"]), batch["targets"], jax.random.key(0))[0])
+    mask = np.asarray(batch["loss_mask"]) * flag
+    np.testing.assert_allclose(float(total(2.5) - total(0.0)), 2.5 * float((cont * mask).sum()), rtol=1e-5)
+    _, sums = training_objective(params, graph, batch, loss_chunk=16, z_loss=0.0)
+    assert float(sums["continuous_tokens"]) == mask.sum() and float(sums["modality_tokens"][1]) == 0
+
+
+@pytest.mark.parametrize("mode", ["regression", "diffusion"])
+def test_train_steps_lower_the_continuous_loss(mode):
+    config = tiny_config(model=dict(vocab_size=V, image_output=mode, image_feature_dim=F, diffusion_width=32), train=dict(seq_len=32, batch_size=4, steps=30),
+                         optim=dict(lr=3e-3, warmup_steps=0))
+    from mmntp_jax.data.vocab import Vocab
+
+    builder = StepBuilder(config, make_mesh(config.mesh, devices=jax.devices()[:1]), vocab=Vocab.build(text=V - 16))
+    state = builder.init_state(0)
+    from mmntp_jax.model.continuous_input import fill_latents
+
+    state = state.replace(params=fill_latents(state.params, random_table(), F, module="image_head"))
+    rng = np.random.default_rng(0)
+    ids = np.tile(rng.integers(IMAGE.start, IMAGE.stop, (1, 33)), (4, 1))  # one fixed image sequence: learnable
+    batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "positions": np.tile(np.arange(32), (4, 1)), "segment_ids": np.ones((4, 32), np.int32),
+             "block_ids": np.zeros((4, 32), np.int32), "loss_mask": np.ones((4, 32), np.float32), "modality": np.ones((4, 32), np.int32)}
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    losses = []
+    for _ in range(30):
+        state, metrics = builder.train_step(state, batch)
+        losses.append(float(metrics["continuous_loss/image"]))
+    drop = 0.5 if mode == "regression" else 0.75  # flow matching has noise in its loss: compare means
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < drop * np.mean(losses[:3]), losses
+    assert np.isnan(float(metrics["loss/image"])) and float(metrics["loss"]) == pytest.approx(losses[-1], rel=1e-5)
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(ConfigError, match="model.image_output.*'pixels'.*discrete, regression, diffusion"):
+        load_config(None, ["model.image_output=pixels"])
+    with pytest.raises(ConfigError, match="model.regression_loss.*mse, cosine"):
+        load_config(None, ["model.regression_loss=l1"])
+    with pytest.raises(ConfigError, match="model.diffusion_form.*token"):
+        load_config(None, ["model.diffusion_form=frame"])
