@@ -64,7 +64,7 @@ class ModelConfig:
     image_tokenizer: str = field(default="", metadata={"path": True})  # the tokenizer folder the latents come from
     regression_loss: str = "mse"  # image_output=regression: mse | cosine
     diffusion_form: str = "token"  # image_output=diffusion: token (a denoiser per position)
-    diffusion_width: int = 256  # W of the denoiser MLP
+    diffusion_width: int = 128  # W of the denoiser MLP
     diffusion_depth: int = 3  # its residual blocks
     diffusion_samples: int = 4  # (t, noise) draws per image target and step
     diffusion_steps: int = 32  # Euler steps when sampling

@@ -97,13 +97,11 @@ def numpy_denoiser(d, x, t, h):
     freq = np.exp(-np.log(1000.0) * np.arange(half) / half)
     angle = 1000.0 * t[:, None] * freq[None]
     temb = np.concatenate([np.cos(angle), np.sin(angle)], -1)
-    c = silu(h @ P(d.cond_proj) + temb @ P(d.time_proj) + P(d.time_bias))
+    c = h @ P(d.cond_proj) + temb @ P(d.time_proj)
     y = x @ P(d.in_proj) + P(d.in_bias)
     for i in range(d.depth):
-        shift, scale, gate = np.split(c @ P(d.modulation)[i], 3, axis=-1)
-        z = ln(y) * (1 + scale) + shift
-        y = y + gate * (silu(z @ P(d.fc1)[i] + P(d.fc1_bias)[i]) @ P(d.fc2)[i] + P(d.fc2_bias)[i])
-    return ln(y) @ P(d.out_proj) + P(d.out_bias)
+        y = y + silu(ln(y + c) @ P(d.fc1)[i] + P(d.fc1_bias)[i]) @ P(d.fc2)[i] + P(d.fc2_bias)[i]
+    return ln(y + c) @ P(d.out_proj) + P(d.out_bias)
 
 
 def test_flow_matching_loss_at_fixed_noise_levels_equals_numpy():

@@ -14,6 +14,8 @@ position whose target is an image code is trained to produce:
     diffusion   a sample of x0: a small MLP denoiser conditioned on h_t (the
                 per-token form of MAR, Li et al. 2024) is trained by flow
                 matching: x_t = (1 − t)·x0 + t·ε, ε ~ N(0, I), t ~ U(0, 1),
+                (an MLP of residual blocks, conditioned by adding h_t·cond + time(t)
+                before each block),
                 loss = mean over F of (v(x_t, t, h_t) − (ε − x0))², averaged
                 over K = `model.diffusion_samples` draws of (t, ε) per target
 
@@ -73,10 +75,10 @@ def flow_pair(x0_NF, noise_NF, t_N):
     return (1.0 - t_N1) * x0_NF + t_N1 * noise_NF, noise_NF - x0_NF
 
 
-def flow_matching_loss(denoiser, x0_NF, h_ND, t_N, noise_NF):
+def flow_matching_loss(denoiser, x0_NF, h_ND, t_N, noise_NF, cond_NW=None):
     """[N] mean over F of (v(x_t, t, h) − (ε − x0))² at the given noise levels and noise."""
     x_t_NF, v_NF = flow_pair(x0_NF.astype(jnp.float32), noise_NF, t_N)
-    return jnp.mean(jnp.square(denoiser(x_t_NF, t_N, h_ND) - v_NF), axis=-1)
+    return jnp.mean(jnp.square(denoiser(x_t_NF, t_N, h_ND, cond_NW=cond_NW) - v_NF), axis=-1)
 
 
 def time_features(t_N):
@@ -120,34 +122,39 @@ def guided(x_NF, guidance):
 
 
 class Denoiser(nnx.Module):
-    """v(x_t, t, h): an MLP of L residual blocks, each modulated (scale, shift, gate) by c = SiLU(h·cond + time)."""
+    """v(x_t, t, h): an MLP of L pre-norm residual blocks over y = x_t·in + c, c = h·cond + time(t) added before each block.
+
+    The condition h·cond is computed once per position and shared by its K noise
+    draws (`condition`), so the per-draw cost is the W×W blocks alone.
+    """
 
     def __init__(self, d_model: int, feature_dim: int, width: int, depth: int, std: float, *, rngs: nnx.Rngs):
         self.depth = depth
         self.cond_proj = param(rngs, (d_model, width), ("embed", None), std=std)
-        self.time_proj = param(rngs, (TIME_FEATURES, width), (None, None), std=std)
-        self.time_bias = param(rngs, (width,), (None,), value=0.0)
+        self.time_proj = param(rngs, (TIME_FEATURES, width), (None, None), std=1.0 / math.sqrt(TIME_FEATURES))
         self.in_proj = param(rngs, (feature_dim, width), (None, None), std=1.0 / math.sqrt(feature_dim))
         self.in_bias = param(rngs, (width,), (None,), value=0.0)
-        self.modulation = param(rngs, (depth, width, 3 * width), (None, None, None), value=0.0)  # zero: each block starts as identity
         self.fc1 = param(rngs, (depth, width, width), (None, None, None), std=1.0 / math.sqrt(width))
         self.fc1_bias = param(rngs, (depth, width), (None, None), value=0.0)
-        self.fc2 = param(rngs, (depth, width, width), (None, None, None), std=1.0 / math.sqrt(width))
+        self.fc2 = param(rngs, (depth, width, width), (None, None, None), value=0.0)  # zero: each block starts as the identity
         self.fc2_bias = param(rngs, (depth, width), (None, None), value=0.0)
-        self.out_proj = param(rngs, (width, feature_dim), (None, None), value=0.0)
+        self.out_proj = param(rngs, (width, feature_dim), (None, None), std=1.0 / math.sqrt(width))
         self.out_bias = param(rngs, (feature_dim,), (None,), value=0.0)
 
-    def __call__(self, x_NF, t_N, h_ND):
+    def condition(self, h_ND):
+        """[N, W] the hidden state's share of c."""
+        return jnp.einsum("ND,DW->NW", h_ND.astype(jnp.float32), self.cond_proj[...].astype(jnp.float32))
+
+    def __call__(self, x_NF, t_N, h_ND=None, *, cond_NW=None):
+        """Velocity [N, F]; give the hidden states `h_ND` or their `condition` as `cond_NW`."""
         f32 = lambda p: p[...].astype(jnp.float32)
-        c_NW = jnp.einsum("ND,DW->NW", h_ND.astype(jnp.float32), f32(self.cond_proj))
-        c_NW = jax.nn.silu(c_NW + time_features(t_N) @ f32(self.time_proj) + f32(self.time_bias))
+        cond_NW = self.condition(h_ND) if cond_NW is None else cond_NW
+        c_NW = cond_NW + time_features(t_N) @ f32(self.time_proj)
         y_NW = x_NF.astype(jnp.float32) @ f32(self.in_proj) + f32(self.in_bias)
         for i in range(self.depth):
-            shift_NW, scale_NW, gate_NW = jnp.split(c_NW @ f32(self.modulation)[i], 3, axis=-1)
-            z_NW = _layer_norm(y_NW) * (1.0 + scale_NW) + shift_NW
-            z_NW = jax.nn.silu(z_NW @ f32(self.fc1)[i] + f32(self.fc1_bias)[i]) @ f32(self.fc2)[i] + f32(self.fc2_bias)[i]
-            y_NW = y_NW + gate_NW * z_NW
-        return _layer_norm(y_NW) @ f32(self.out_proj) + f32(self.out_bias)
+            z_NW = _layer_norm(y_NW + c_NW)
+            y_NW = y_NW + jax.nn.silu(z_NW @ f32(self.fc1)[i] + f32(self.fc1_bias)[i]) @ f32(self.fc2)[i] + f32(self.fc2_bias)[i]
+        return _layer_norm(y_NW + c_NW) @ f32(self.out_proj) + f32(self.out_bias)
 
 
 class ContinuousOutput(nnx.Module):
@@ -180,9 +187,10 @@ class ContinuousOutput(nnx.Module):
         k = self.samples
         t_key, noise_key = jax.random.split(key)
         x0_NF = jnp.broadcast_to(target_BTF[None], (k, b, t, f)).reshape(-1, f)
-        h_ND = jnp.broadcast_to(hidden_BTD[None], (k, *hidden_BTD.shape)).reshape(k * b * t, -1)
+        cond_MW = self.denoiser.condition(hidden_BTD.reshape(b * t, -1))
+        cond_NW = jnp.broadcast_to(cond_MW[None], (k, *cond_MW.shape)).reshape(k * b * t, -1)
         t_N = jax.random.uniform(t_key, (k * b * t,), jnp.float32)
-        err_N = flow_matching_loss(self.denoiser, x0_NF, h_ND, t_N, jax.random.normal(noise_key, x0_NF.shape, jnp.float32))
+        err_N = flow_matching_loss(self.denoiser, x0_NF, None, t_N, jax.random.normal(noise_key, x0_NF.shape, jnp.float32), cond_NW)
         return jnp.mean(err_N.reshape(k, b, t), axis=0), flag_BT
 
     def sample_latents(self, hidden_ND, key, temperature: float, guidance=None):
@@ -192,11 +200,13 @@ class ContinuousOutput(nnx.Module):
         rows = hidden_ND.shape[0] // (2 if guidance is not None else 1)
         noise_NF = temperature * jax.random.normal(key, (rows, self.latents.shape[1] - 1), jnp.float32)
 
+        cond_NW = self.denoiser.condition(hidden_ND)
+
         def velocity(x_NF, t_N):
             if guidance is None:
-                return self.denoiser(x_NF, t_N, hidden_ND)
+                return self.denoiser(x_NF, t_N, cond_NW=cond_NW)
             both = lambda a: jnp.concatenate([a, a], axis=0)
-            return guided(self.denoiser(both(x_NF), both(t_N), hidden_ND), guidance)
+            return guided(self.denoiser(both(x_NF), both(t_N), cond_NW=cond_NW), guidance)
 
         return euler_sample(velocity, noise_NF, self.steps)
 
