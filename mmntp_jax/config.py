@@ -23,7 +23,9 @@ MASK_KINDS = ("causal", "prefix", "block")  # model.attention_mask; index = Pack
 IMAGE_INPUTS = ("discrete", "continuous")  # model.image_input
 IMAGE_OUTPUTS = ("discrete", "regression", "diffusion")  # model.image_output (model/continuous_output.py)
 REGRESSION_LOSSES = ("mse", "cosine")  # model.regression_loss
-DIFFUSION_FORMS = ("token",)  # model.diffusion_form: a per-token denoiser conditioned on each hidden state (MAR)
+# model.diffusion_form: token = a denoiser per position, conditioned on its hidden state (MAR);
+# block = the image block noised in the sequence, bidirectional, denoised at once (Transfusion)
+DIFFUSION_FORMS = ("token", "block")
 SCHEDULES = ("cosine", "wsd", "constant")
 ON_SCHEDULE_CHANGE = ("refuse", "restart_schedule")  # train.on_schedule_change (mmntp_jax/train/resume_check.py)
 DATA_ON_ERROR = ("stop", "skip")  # data.on_error (mmntp_jax/data/records.py)
@@ -63,7 +65,7 @@ class ModelConfig:
     image_feature_dim: int = 0  # the latent width F of continuous input and output
     image_tokenizer: str = field(default="", metadata={"path": True})  # the tokenizer folder the latents come from
     regression_loss: str = "mse"  # image_output=regression: mse | cosine
-    diffusion_form: str = "token"  # image_output=diffusion: token (a denoiser per position)
+    diffusion_form: str = "token"  # image_output=diffusion: token (a denoiser per position) | block (model/diffusion_block.py)
     diffusion_width: int = 128  # W of the denoiser MLP
     diffusion_depth: int = 3  # its residual blocks
     diffusion_samples: int = 4  # (t, noise) draws per image target and step

@@ -91,8 +91,21 @@ def test_a_finished_job_trains_on_with_a_new_schedule_when_asked(tmp_path):
     assert all(f"stage {s}: complete" in again for s in ("tokenizer", "data", "backbone", "evaluation", "sheet")), again
 
 
-def test_a_continuous_input_and_regression_output_job_reads_its_tokenizers_latents(tmp_path, capsys):
-    workdir = tmp_path / "run"
+def stages_from(job, workdir):
+    """`workdir` holding `job`'s tokenizer and data stages (their absolute paths rewritten), so a job
+    with other model settings runs only its backbone, evaluation and sheet."""
+    import shutil
+
+    for name in ("tokenizer_run", "tokenizers", "data"):
+        shutil.copytree(job / name, workdir / name)
+    for rel in ("data/tokens/prepare.json", "data/tokens/dataset.json"):
+        path = workdir / rel
+        path.write_text(path.read_text().replace(str(job), str(workdir)))
+    return workdir
+
+
+def test_a_continuous_input_and_regression_output_job_reads_its_tokenizers_latents(job, tmp_path, capsys):
+    workdir = stages_from(job, tmp_path / "run")
     mmntp("train", "--workdir", workdir, *TINY_JOB, "--set", "model.image_input=continuous", "--set", "model.image_output=regression")
     import mmntp_jax as mm
     from mmntp_jax.data.vocab import Vocab
@@ -114,9 +127,12 @@ def test_a_continuous_input_and_regression_output_job_reads_its_tokenizers_laten
     assert len(lines) == 1 and "model.image_input='continuous' cannot be exported" in lines[0], lines
 
 
-def test_a_diffusion_output_job_draws_images_from_its_denoiser(tmp_path, capsys):
-    workdir = tmp_path / "run"
-    mmntp("train", "--workdir", workdir, *TINY_JOB, "--set", "model.image_output=diffusion", "--set", "model.diffusion_steps=4")
+@pytest.mark.parametrize("form", ["token", "block"])
+def test_a_diffusion_output_job_draws_images_from_its_denoiser(job, tmp_path, capsys, form):
+    workdir = stages_from(job, tmp_path / "run")
+    err = mmntp("train", "--workdir", workdir, *TINY_JOB, "--set", "model.image_output=diffusion", "--set", f"model.diffusion_form={form}",
+                "--set", "model.diffusion_steps=4").stderr
+    assert "stage tokenizer: complete" in err and "stage data: complete" in err, err
     figures = json.loads((workdir / "eval/4.json").read_text())
     assert 0.0 <= figures["image_agreement"] <= 1.0 and figures["samples"].endswith("sheet.png")
     assert cli.main(["sample", "--workdir", str(workdir), "--prompt", "a small red circle at the centre on a plain blue background",

@@ -54,6 +54,7 @@ def _sample(run, rules, batch: list[Prompt], new_tokens: int, rows: int, key, sa
         run.graph, run.params, jnp.asarray(ids_BP), jnp.asarray(seg_BP), jnp.asarray(pos_BP), key,
         max_new_tokens=new_tokens, temperature=float(sampling["temperature"]), top_k=int(sampling["top_k"]), top_p=float(sampling["top_p"]),
         rules=rules, block_B=jnp.asarray(block_B), filled_B=jnp.asarray(filled_B), guidance=None if guidance == 1.0 else float(guidance),
+        image_first=bool((block_B == rules.media.index("image")).all() and (filled_B == 0).all()) if "image" in rules.media else False,
     )
     return np.asarray(out)[: len(batch)]
 

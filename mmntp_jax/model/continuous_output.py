@@ -11,7 +11,9 @@ position whose target is an image code is trained to produce:
     regression  the code's latent x0 ∈ R^F: pred = h_t · kernel + bias, loss
                 `model.regression_loss` = mse (mean over F of (pred − x0)²) or
                 cosine (1 − cos(pred, x0)); continuous-token prediction (CTP)
-    diffusion   a sample of x0: a small MLP denoiser conditioned on h_t (the
+    diffusion   `model.diffusion_form=block`: the whole image block is noised in
+                the sequence and denoised at once (Transfusion; diffusion_block.py);
+                `token`: a sample of x0: a small MLP denoiser conditioned on h_t (the
                 per-token form of MAR, Li et al. 2024) is trained by flow
                 matching: x_t = (1 − t)·x0 + t·ε, ε ~ N(0, I), t ~ U(0, 1),
                 (an MLP of residual blocks, conditioned by adding h_t·cond + time(t)
@@ -48,6 +50,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmntp_jax.model.diffusion_block import BlockDiffusion
 from mmntp_jax.model.layers import param
 
 TIME_FEATURES = 64  # E: sinusoidal features of t
@@ -163,11 +166,14 @@ class ContinuousOutput(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         f = cfg.image_feature_dim
         self.mode, self.loss_kind = cfg.image_output, cfg.regression_loss
+        self.form = cfg.diffusion_form if self.mode == "diffusion" else ""
         self.samples, self.steps = cfg.diffusion_samples, cfg.diffusion_steps
         self.latents = param(rngs, (cfg.vocab_size, f + 1), ("vocab", None), value=0.0)
         if self.mode == "regression":
             self.kernel = param(rngs, (cfg.d_model, f), ("embed", None), std=cfg.init_std)
             self.bias = param(rngs, (f,), (None,), value=0.0)
+        elif self.form == "block":
+            self.block = BlockDiffusion(cfg.d_model, f, cfg.init_std, rngs=rngs)
         else:
             self.denoiser = Denoiser(cfg.d_model, f, cfg.diffusion_width, cfg.diffusion_depth, cfg.init_std, rngs=rngs)
 
@@ -179,7 +185,8 @@ class ContinuousOutput(nnx.Module):
         return jnp.einsum("BTD,DF->BTF", hidden_BTD.astype(jnp.float32), self.kernel[...].astype(jnp.float32)) + self.bias[...]
 
     def losses(self, hidden_BTD, targets_BT, key):
-        """(per-token continuous loss [B, T], flag [B, T]: 1 where the target is a continuous token)."""
+        """(per-token continuous loss [B, T], flag [B, T]: 1 where the target is a continuous token);
+        regression and the per-token diffusion form (the block form: diffusion_block.py)."""
         target_BTF, flag_BT = table_rows(self.latents[...], targets_BT)
         if self.mode == "regression":
             return regression_loss(self.predict(hidden_BTD), target_BTF, self.loss_kind), flag_BT

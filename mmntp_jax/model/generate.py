@@ -117,9 +117,9 @@ def continuous_codes(head, hidden_BD, key, temperature: float, guidance, allowed
     return jnp.where(at_code_B, sampled_B, token_B)
 
 
-@functools.partial(jax.jit, static_argnames=("graph", "max_new_tokens", "temperature", "top_k", "top_p", "rules", "guidance"))
+@functools.partial(jax.jit, static_argnames=("graph", "max_new_tokens", "temperature", "top_k", "top_p", "rules", "guidance", "image_first"))
 def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, rules=None, block_B=None, filled_B=None, guidance: float | None = None):
+                 top_p: float = 1.0, rules=None, block_B=None, filled_B=None, guidance: float | None = None, image_first: bool = False):
     """Returns [B, N] new token ids continuing each (left-padded) prompt.
 
     rules: a `BlockRules`; each step samples only ids it allows, from the state
@@ -127,7 +127,9 @@ def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_n
     after `<eos>` a row emits `<pad>` (id 0). guidance: the batch is [B/2
     conditional prompts; their B/2 context-free versions]; each pair's logits are
     combined by `guided`, and both rows get the pair's token (outputs of both halves
-    are equal; callers read the first).
+    are equal; callers read the first). image_first: every prompt ends in `<boi>`;
+    a model with the block diffusion form denoises that block at once
+    (`diffusion_block.denoise_block`) and then goes on token by token.
     """
     model = bind(graph, params)
     b, p = ids_BP.shape
@@ -136,6 +138,7 @@ def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_n
     hidden_BPD, cache = model.decode(ids_BP, positions_BP, segments_BP, cache, 0, prompt_groups(model, ids_BP, segments_BP))
     w_DV = model.head_kernel()
     head = getattr(model, "image_head", None)
+    block_form = head is not None and head.form == "block"
     next_pos_B = positions_BP[:, -1] + 1
     rows = b // 2 if guidance is not None else b
     state = (jnp.full((rows,), -1, jnp.int32) if block_B is None else block_B[:rows], jnp.zeros((rows,), jnp.int32) if filled_B is None else filled_B[:rows],
@@ -146,17 +149,31 @@ def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_n
         logits_BV = guided(logits_BV, guidance) if guidance is not None else logits_BV
         block, filled, ended = state
         allowed_BV = rules.allowed(block, filled, v) if rules is not None else jnp.ones((rows, v), bool)
+        if block_form and rules is not None:  # images come only from prompts that open them
+            allowed_BV = allowed_BV & (jnp.arange(v) != rules.begin_ids[rules.media.index("image")])
         allowed_BV = jnp.where(ended[:, None], jnp.arange(v) == 0, allowed_BV)
         token_B = sample_token(logits_BV, jax.random.fold_in(key, i), temperature, top_k, top_p, allowed_BV)
-        if head is not None and rules is not None:
+        if head is not None and not block_form and rules is not None:
             token_B = continuous_codes(head, hidden_B1D[:, 0], jax.random.fold_in(key, i), temperature, guidance, allowed_BV, token_B)
         block, filled = rules.advance(block, filled, token_B) if rules is not None else (block, filled)
         ended = ended | (token_B == 2)  # <eos>
         token_B = jnp.concatenate([token_B, token_B]) if guidance is not None else token_B
         return token_B, (block, filled, ended)
 
-    first, state = pick(hidden_BPD[:, -1:], 0, state)
-    out_BN = jnp.zeros((b, max_new_tokens), jnp.int32).at[:, 0].set(first)
+    out_BN = jnp.zeros((b, max_new_tokens), jnp.int32)
+    start, last_B1D = 0, hidden_BPD[:, -1:]
+    if block_form and image_first:
+        from mmntp_jax.model.diffusion_block import denoise_block
+
+        start = rules.block_length("image")
+        if max_new_tokens <= start:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: an image block needs {start} codes and its end marker")
+        codes_BN, last_B1D, cache = denoise_block(model, cache, p, next_pos_B[:, None] + jnp.arange(start), jax.random.fold_in(key, max_new_tokens),
+                                                  temperature=temperature, guidance=guidance)
+        out_BN = out_BN.at[:, :start].set(jnp.concatenate([codes_BN, codes_BN]) if guidance is not None else codes_BN)
+        state = (state[0], state[1] + start, state[2])
+    first, state = pick(last_B1D, start, state)
+    out_BN = out_BN.at[:, start].set(first)
 
     def body(i, carry):
         out_BN, cache, state = carry
@@ -166,5 +183,5 @@ def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_n
         token, state = pick(hidden_B1D, i, state)
         return out_BN.at[:, i].set(token), cache, state
 
-    out_BN, _, _ = jax.lax.fori_loop(1, max_new_tokens, body, (out_BN, cache, state))
+    out_BN, _, _ = jax.lax.fori_loop(start + 1, max_new_tokens, body, (out_BN, cache, state))
     return out_BN

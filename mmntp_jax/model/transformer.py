@@ -10,7 +10,7 @@ Parameter tree (HF Llama names, kernels [in, out], layers stacked on axis 0):
     layers.post_attention_layernorm.weight [L, D]
     layers.mlp.{gate,up}_proj [L, D, F], down_proj [L, F, D]
     norm.weight [D];  lm_head [D, V] unless tie_embeddings
-    image_head.{latents [V, F+1], kernel, bias | denoiser.*}  only with image_output=regression | diffusion
+    image_head.{latents [V, F+1], kernel, bias | denoiser.* | block.*}  only with image_output=regression | diffusion
 
 Masks: `__call__` takes the PackedBatch fields the mask needs (segment_ids,
 block_ids, loss_mask and the optional per-token mask_kind, -1 = this model's
@@ -125,17 +125,30 @@ class Transformer(nnx.Module):
         block_ids_BT = jnp.zeros_like(segment_ids_BT) if block_ids_BT is None else block_ids_BT
         return bidirectional_groups(segment_ids_BT, block_ids_BT, loss_mask_BT, kind_BT)
 
-    def __call__(self, ids_BT, positions_BT=None, segment_ids_BT=None, block_ids_BT=None, loss_mask_BT=None, mask_kind_BT=None):
-        """Hidden states [B, T, D]; the optional fields are those of a PackedBatch."""
-        x_BTD = constrain(self.embed(ids_BT), ("batch", "length", None))
-        return self.from_embeddings(x_BTD, positions_BT, segment_ids_BT, block_ids_BT, loss_mask_BT, mask_kind_BT)
+    def __call__(self, ids_BT, positions_BT=None, segment_ids_BT=None, block_ids_BT=None, loss_mask_BT=None, mask_kind_BT=None, noised=None):
+        """Hidden states [B, T, D]; the optional fields are those of a PackedBatch.
 
-    def from_embeddings(self, x_BTD, positions_BT=None, segment_ids_BT=None, block_ids_BT=None, loss_mask_BT=None, mask_kind_BT=None):
-        """The layers and final norm on input embeddings [B, T, D] (tests differentiate through it)."""
+        `noised` (diffusion_block.NoisedBlocks): its members enter as their noised
+        latents and attend within their block both ways."""
+        x_BTD = self.embed(ids_BT)
+        if noised is not None:
+            noised_BTD = self.image_head.block.embed(noised.x_t_BTF, noised.t_BT, x_BTD.dtype)
+            x_BTD = jnp.where(noised.member_BT[..., None] > 0, noised_BTD, x_BTD)
+        x_BTD = constrain(x_BTD, ("batch", "length", None))
+        return self.from_embeddings(x_BTD, positions_BT, segment_ids_BT, block_ids_BT, loss_mask_BT, mask_kind_BT,
+                                    None if noised is None else noised.groups_BT)
+
+    def from_embeddings(self, x_BTD, positions_BT=None, segment_ids_BT=None, block_ids_BT=None, loss_mask_BT=None, mask_kind_BT=None,
+                        extra_groups_BT=None):
+        """The layers and final norm on input embeddings [B, T, D] (tests differentiate through it);
+        `extra_groups_BT` (non-zero ids) override the mask kind's groups where given."""
         b, t, _ = x_BTD.shape
         positions_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)) if positions_BT is None else positions_BT
         segment_ids_BT = jnp.ones((b, t), jnp.int32) if segment_ids_BT is None else segment_ids_BT
-        ids = row_ids(segment_ids_BT, self.groups(segment_ids_BT, block_ids_BT, loss_mask_BT, mask_kind_BT))
+        groups_BT = self.groups(segment_ids_BT, block_ids_BT, loss_mask_BT, mask_kind_BT)
+        if extra_groups_BT is not None:
+            groups_BT = jnp.where(extra_groups_BT > 0, extra_groups_BT, groups_BT)
+        ids = row_ids(segment_ids_BT, groups_BT)
         cos_BTE, sin_BTE = rope_cos_sin(positions_BT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
         x_BTD = self._run_layers(x_BTD, lambda layer, x: layer(x, cos_BTE, sin_BTE, ids))
         return self.norm(x_BTD)
@@ -153,17 +166,18 @@ class Transformer(nnx.Module):
             "groups": jnp.zeros((cfg.n_layers, batch, length), jnp.int32),
         }
 
-    def decode(self, ids_BT, positions_BT, segment_ids_BT, cache, index, groups_BT=None):
+    def decode(self, ids_BT, positions_BT, segment_ids_BT, cache, index, groups_BT=None, embeddings_BTD=None):
         """Runs T new tokens at cache slot `index`; returns (hidden [B, T, D], new cache).
 
         `groups_BT` (from `groups`, e.g. a prompt's context block prefilled at
         once) makes tokens of one call see each other as in the full forward;
-        None = causal, as for newly decoded tokens.
+        None = causal, as for newly decoded tokens. `embeddings_BTD` replaces
+        the embedding of `ids_BT` (a denoised image block).
         """
         groups_BT = jnp.zeros_like(segment_ids_BT) if groups_BT is None else groups_BT
         q_ids = row_ids(segment_ids_BT, groups_BT, index)
         cos_BTE, sin_BTE = rope_cos_sin(positions_BT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
-        x_BTD = self.embed(ids_BT)
+        x_BTD = self.embed(ids_BT) if embeddings_BTD is None else embeddings_BTD
         graphdef, state = nnx.split(self.layers)
 
         def step(x, layer_and_cache):

@@ -32,6 +32,7 @@ from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mmntp_jax.data.vocab import MODALITIES
+from mmntp_jax.model.continuous_output import table_rows
 from mmntp_jax.model.heads import RESTRICTED, fused_cross_entropy, pick_chunk, token_stats, trained
 from mmntp_jax.model.legal_ids import LegalIds
 from mmntp_jax.model.init import bind, graphdef, init_params, param_specs
@@ -53,9 +54,21 @@ class TrainState:
     guard: Any  # GuardState (train/guards.py); None when restored from a checkpoint older than the guard
 
 
-def hidden_states(model, batch):
-    """The backbone on a PackedBatch; its mask comes from the batch's fields (`mask_kind` optional)."""
-    return model(batch["inputs"], batch["positions"], batch["segment_ids"], batch["block_ids"], batch["loss_mask"], batch.get("mask_kind"))
+def hidden_states(model, batch, noised=None):
+    """The backbone on a PackedBatch; its mask comes from the batch's fields (`mask_kind` optional);
+    `noised`: the batch's noised image blocks under the block diffusion form."""
+    return model(batch["inputs"], batch["positions"], batch["segment_ids"], batch["block_ids"], batch["loss_mask"], batch.get("mask_kind"), noised)
+
+
+def noised_blocks(model, batch, key):
+    """The batch's noised image blocks (model/diffusion_block.py) when the model has the block
+    diffusion form; else None."""
+    head = getattr(model, "image_head", None)
+    if head is None or head.form != "block":
+        return None
+    from mmntp_jax.model.diffusion_block import noise_blocks
+
+    return noise_blocks(head.table(), batch["inputs"], batch["loss_mask"], jax.random.fold_in(key, 1))
 
 
 def modality_weights(loss_weights) -> tuple[float, ...]:
@@ -97,22 +110,32 @@ def _sums(stats, batch, weights_BT, ce_weights_BT=None, ce_mask_BT=None):
     return sums
 
 
-def continuous_terms(model, hidden_BTD, batch, weights_BT, key):
+def continuous_terms(model, hidden_BTD, batch, weights_BT, key, noised=None):
     """(cross-entropy weights [B, T], Σ w·continuous loss, sums) under `model.image_output`.
 
     Discrete output: (weights_BT, 0, {}). Otherwise each target that is an image
     code takes its continuous loss (model/continuous_output.py) with its weight
-    instead of the cross-entropy; `key` draws the diffusion noise.
+    instead of the cross-entropy; `key` draws the diffusion noise. Under the block
+    form (`noised`) the loss sits at the code's own position, one after its target
+    position, and takes that target's weight.
     """
-    if not hasattr(model, "image_head"):
+    head = getattr(model, "image_head", None)
+    if head is None:
         return weights_BT, jnp.zeros((), jnp.float32), {}
-    loss_BT, flag_BT = model.image_head.losses(hidden_BTD, batch["targets"], key)
     mask_BT = batch["loss_mask"].astype(jnp.float32)
-    total = jnp.sum(loss_BT * weights_BT * flag_BT)
+    _, flag_BT = table_rows(head.table(), batch["targets"])
+    if noised is not None:
+        loss_BT, on_BT = head.block.losses(hidden_BTD, noised)
+        shift = lambda x_BT: jnp.pad(x_BT[:, :-1], ((0, 0), (1, 0)))
+        loss_weights_BT, loss_mask_BT = shift(weights_BT) * on_BT, shift(mask_BT) * on_BT
+    else:
+        loss_BT, _ = head.losses(hidden_BTD, batch["targets"], key)
+        loss_weights_BT, loss_mask_BT = weights_BT * flag_BT, mask_BT * flag_BT
+    total = jnp.sum(loss_BT * loss_weights_BT)
     sums = {
         "continuous_sum": jax.lax.stop_gradient(total),
-        "continuous_loss_sum": jax.lax.stop_gradient(jnp.sum(loss_BT * mask_BT * flag_BT)),
-        "continuous_tokens": jnp.sum(mask_BT * flag_BT),
+        "continuous_loss_sum": jax.lax.stop_gradient(jnp.sum(loss_BT * loss_mask_BT)),
+        "continuous_tokens": jnp.sum(loss_mask_BT),
         "ce_mask": mask_BT * (1.0 - flag_BT),
     }
     return weights_BT * (1.0 - flag_BT), total, sums
@@ -134,11 +157,12 @@ def _legal_per_token(legal, batch):
 def loss_sums(params, graph, batch, *, loss_chunk: int, legal: LegalIds | None = None, loss_weights=UNIT_WEIGHTS, key=None):
     """Summed token loss, z-loss term and token weight, in total and per modality."""
     model = bind(graph, params)
-    hidden_BTD = hidden_states(model, batch)
+    key = jax.random.key(EVAL_KEY) if key is None else key
+    noised = noised_blocks(model, batch, key)
+    hidden_BTD = hidden_states(model, batch, noised)
     stats = token_stats(hidden_BTD, model.head_kernel(), batch["targets"], loss_chunk, _legal_per_token(legal, batch))
     weights_BT = token_weights(batch, loss_weights)
-    key = jax.random.key(EVAL_KEY) if key is None else key
-    ce_weights_BT, _, extra = continuous_terms(model, hidden_BTD, batch, weights_BT, key)
+    ce_weights_BT, _, extra = continuous_terms(model, hidden_BTD, batch, weights_BT, key, noised)
     return _all_sums(stats, batch, weights_BT, ce_weights_BT, extra)
 
 
@@ -153,10 +177,11 @@ def training_objective(params, graph, batch, *, loss_chunk: int, z_loss: float, 
     `key` draws its noise).
     """
     model = bind(graph, params)
-    hidden_BTD = hidden_states(model, batch)
-    weights_BT = token_weights(batch, loss_weights)
     key = jax.random.key(EVAL_KEY) if key is None else key
-    ce_weights_BT, continuous, extra = continuous_terms(model, hidden_BTD, batch, weights_BT, key)
+    noised = noised_blocks(model, batch, key)
+    hidden_BTD = hidden_states(model, batch, noised)
+    weights_BT = token_weights(batch, loss_weights)
+    ce_weights_BT, continuous, extra = continuous_terms(model, hidden_BTD, batch, weights_BT, key, noised)
     legal_BT = _legal_per_token(legal, batch)
     if fused:
         total, stats = fused_cross_entropy(hidden_BTD, model.head_kernel(), batch["targets"], ce_weights_BT, z_loss, loss_chunk, legal_BT)
