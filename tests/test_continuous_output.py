@@ -352,3 +352,17 @@ def test_block_kv_cache_generation_equals_full_recomputation():
             x = x - 0.25 * v
         want = np.asarray(co.nearest_code(jnp.asarray(x[:2].reshape(-1, F)), jnp.asarray(table))).reshape(2, n)
         np.testing.assert_array_equal(out[:2, :n], want)
+
+
+def test_a_damaged_or_undecodable_tokenizer_is_a_one_line_error():
+    from mmntp_jax.data.vocab import Vocab
+    from mmntp_jax.model.continuous_input import code_latent_table
+    from test_continuous_input import tiny_tokenizer
+
+    vq = tiny_tokenizer("vq", codebook_size=32, dim=6)
+    vq.params["quantize"]["embedding"][...] = vq.params["quantize"]["embedding"][...].at[7, 2].set(jnp.nan)
+    with pytest.raises(ConfigError, match=r"code latents are not finite for 1 codes \(first: code 7\)"):
+        code_latent_table(vq, Vocab.build(text=256, image=32), 400)
+    rvq = tiny_tokenizer("rvq", codebook_size=16, dim=4, num_quantizers=2)
+    with pytest.raises(ConfigError, match=r"model.image_output=regression\|diffusion: the image tokenizer's quantizer is 'rvq'"):
+        code_latent_table(rvq, Vocab.build(text=256, image=32), 400)
