@@ -366,3 +366,22 @@ def test_a_damaged_or_undecodable_tokenizer_is_a_one_line_error():
     rvq = tiny_tokenizer("rvq", codebook_size=16, dim=4, num_quantizers=2)
     with pytest.raises(ConfigError, match=r"model.image_output=regression\|diffusion: the image tokenizer's quantizer is 'rvq'"):
         code_latent_table(rvq, Vocab.build(text=256, image=32), 400)
+
+
+def test_block_noise_and_loss_equal_numpy():
+    from mmntp_jax.model.diffusion_block import noise_blocks
+
+    model = head_model("diffusion", diffusion_form="block")
+    inputs, loss_mask = block_batch()
+    noised = noise_blocks(model.image_head.table(), inputs, loss_mask, jax.random.key(4))
+    x0 = random_table()[np.asarray(inputs[0]), :F]
+    on = np.asarray(noised.member_BT[0]) > 0
+    t = np.asarray(noised.t_BT[0])[:, None]
+    eps = np.asarray(noised.velocity_BTF[0]) + x0  # v = ε − x0
+    np.testing.assert_allclose(np.asarray(noised.x_t_BTF[0])[on], ((1 - t) * x0 + t * eps)[on], rtol=1e-5, atol=1e-6)
+    assert 0.6 < eps[on].std() < 1.5 and (np.asarray(noised.x_t_BTF[0])[~on] == 0).all()
+    hidden = np.random.default_rng(9).normal(size=(1, inputs.shape[1], BASE.d_model)).astype(np.float32)
+    block = model.image_head.block
+    v_hat = hidden[0].astype(np.float64) @ np.asarray(block.out_kernel[...], np.float64) + np.asarray(block.out_bias[...], np.float64)
+    want = np.where(on, np.mean((v_hat - (eps - x0)) ** 2, axis=-1), 0.0)
+    np.testing.assert_allclose(np.asarray(block.losses(jnp.asarray(hidden), noised)[0][0]), want, rtol=1e-4, atol=1e-6)

@@ -147,6 +147,23 @@ def test_a_diffusion_output_job_draws_images_from_its_denoiser(job, tmp_path, ca
     assert not (tmp_path / "hlo").exists()
 
 
+MODES = [("discrete", "discrete", "token"), ("discrete", "regression", "token"), ("discrete", "diffusion", "token"), ("discrete", "diffusion", "block"),
+         ("continuous", "discrete", "token"), ("continuous", "regression", "token"), ("continuous", "diffusion", "token"),
+         ("continuous", "diffusion", "block")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("image_input,image_output,form", MODES)
+def test_every_combination_of_image_input_and_output_runs_the_job(job, tmp_path, capsys, image_input, image_output, form):
+    workdir = stages_from(job, tmp_path / "run")
+    mmntp("train", "--workdir", workdir, *TINY_JOB, "--set", f"model.image_input={image_input}", "--set", f"model.image_output={image_output}",
+          "--set", f"model.diffusion_form={form}", "--set", "model.diffusion_steps=4")
+    figures = json.loads((workdir / "eval/4.json").read_text())
+    assert all(0.0 <= figures[k] <= 1.0 for k in ("caption_accuracy", "image_agreement", "classifier_accuracy"))
+    assert cli.main(["sample", "--workdir", str(workdir), "--image", str(job / "data/heldout/images/000000.png"), "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+
+
 def test_sample_draws_and_captions(job, capsys):
     assert cli.main(["sample", "--workdir", str(job), "--prompt", "a small red circle at the centre on a blue and light blue plain background",
                      "--generate", "image", "--out", str(job / "s")]) == 0
