@@ -17,24 +17,16 @@ from flax import nnx
 
 from mmntp_jax.config import ConfigError, ModelConfig, load_config
 from mmntp_jax.model import continuous_output as co
-from mmntp_jax.model.init import bind, graphdef
+from mmntp_jax.model.init import bind
 from mmntp_jax.model.transformer import Transformer
 from mmntp_jax.sharding import make_mesh
 from mmntp_jax.train.step import StepBuilder, training_objective
 from tiny import tiny_config
 
-V, F = 97, 4
-IMAGE = range(40, 90)  # the ids the table flags
+from test_continuous_input import IMAGE, F, V, random_table  # the same vocabulary and latent table
+
 BASE = ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, attention_block=8, image_feature_dim=F,
                    diffusion_width=24, diffusion_depth=2, diffusion_steps=8)
-
-
-def random_table(seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    table = np.zeros((V, F + 1), np.float32)
-    table[IMAGE.start : IMAGE.stop, :F] = rng.uniform(-1, 1, (len(IMAGE), F))
-    table[IMAGE.start : IMAGE.stop, F] = 1.0
-    return table
 
 
 def randomize(module, seed):
@@ -174,24 +166,29 @@ def test_no_continuous_loss_sees_its_target_or_a_later_input(mode):
     assert (g_TT[np.tril_indices(t)] > 0).all(), mode
 
 
-@pytest.mark.parametrize("mode", ["regression", "diffusion"])
-def test_kv_cache_generation_equals_full_recomputation(mode):
+def generation_setup(n: int, **model):
+    """(vocab, model with a random head and a 16-code table, the table, BlockRules for n-code images, two prompts ending in <boi>)."""
     from mmntp_jax.data.vocab import Vocab
     from mmntp_jax.model.block_rules import BlockRules
-    from mmntp_jax.model.generate import generate_ids, left_pad
 
     vocab = Vocab.build(text=256, image=16)
-    cfg = dataclasses.replace(BASE, vocab_size=vocab.size, image_output=mode)
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    randomize(model.image_head, 3)
+    m = Transformer(dataclasses.replace(BASE, vocab_size=vocab.size, **model), rngs=nnx.Rngs(0))
+    randomize(m.image_head, 3)
     table = np.zeros((vocab.size, F + 1), np.float32)
     start = vocab.offset("image")
     table[start : start + 16, :F] = np.random.default_rng(8).uniform(-1, 1, (16, F))
     table[start : start + 16, F] = 1
-    model.image_head.latents[...] = jnp.asarray(table)
-    rules = BlockRules.from_vocab(vocab, {"image": 6})
-    boi = vocab.special("<boi>")
-    prompts = [np.array([1, 20 + vocab.offset("text"), 30 + vocab.offset("text"), boi]), np.array([1, 40 + vocab.offset("text"), boi])]
+    m.image_head.latents[...] = jnp.asarray(table)
+    boi, text = vocab.special("<boi>"), vocab.offset("text")
+    prompts = [np.array([1, 20 + text, 30 + text, boi]), np.array([1, 40 + text, boi])]
+    return vocab, m, table, BlockRules.from_vocab(vocab, {"image": n}), prompts
+
+
+@pytest.mark.parametrize("mode", ["regression", "diffusion"])
+def test_kv_cache_generation_equals_full_recomputation(mode):
+    from mmntp_jax.model.generate import generate_ids, left_pad
+
+    vocab, model, table, rules, prompts = generation_setup(6, image_output=mode)
     ids, seg, pos = left_pad(prompts)
     block, filled = rules.state_after(prompts)
     graph, params = nnx.split(model)
@@ -309,23 +306,11 @@ def test_block_diffusion_never_sees_clean_latents_or_later_inputs():
 
 
 def test_block_kv_cache_generation_equals_full_recomputation():
-    from mmntp_jax.data.vocab import Vocab
-    from mmntp_jax.model.block_rules import BlockRules
     from mmntp_jax.model.generate import generate_ids, left_pad
 
-    vocab = Vocab.build(text=256, image=16)
     n = 5
-    cfg = dataclasses.replace(BASE, vocab_size=vocab.size, image_output="diffusion", diffusion_form="block", diffusion_steps=4)
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    randomize(model.image_head, 3)
-    table = np.zeros((vocab.size, F + 1), np.float32)
-    start = vocab.offset("image")
-    table[start : start + 16, :F] = np.random.default_rng(8).uniform(-1, 1, (16, F))
-    table[start : start + 16, F] = 1
-    model.image_head.latents[...] = jnp.asarray(table)
-    rules = BlockRules.from_vocab(vocab, {"image": n})
-    boi, text = vocab.special("<boi>"), vocab.offset("text")
-    prompts = [np.array([1, 20 + text, 30 + text, boi]), np.array([1, 40 + text, boi])]
+    vocab, model, table, rules, prompts = generation_setup(n, image_output="diffusion", diffusion_form="block", diffusion_steps=4)
+    boi = vocab.special("<boi>")
     ids, seg, pos = left_pad(prompts)
     block, filled = rules.state_after(prompts)
     graph, params = nnx.split(model)
