@@ -15,11 +15,14 @@ needed. Variants:
     regression   model.image_output=regression (a linear latent head, MSE)
     diffusion    model.image_output=diffusion (per-token flow-matching denoiser,
                  model.diffusion_samples noise draws per target)
+    block        the same with model.diffusion_form=block (each image block noised
+                 in the sequence, bidirectional inside, a linear velocity head)
     continuous   model.image_input=continuous, image_output=diffusion (the issue's job)
 
 Rounds alternate the variants' order (the first step of a round measures a
 few percent slower, whichever it is). Prints one JSON object: median step
 time of each and its ratio to discrete (the diffusion target is ≤ 1.3×).
+Measured: docs/benchmarks.md, "Discrete, regression and diffusion images".
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ VARIANTS = {
     "discrete": dict(),
     "regression": dict(image_output="regression"),
     "diffusion": dict(image_output="diffusion"),
+    "block": dict(image_output="diffusion", diffusion_form="block"),
     "continuous": dict(image_input="continuous", image_output="diffusion"),
 }
 
