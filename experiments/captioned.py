@@ -27,6 +27,11 @@ classifier, not yet for the model, whose weak attribute both ways is the shape.
 Drawings are sampled at temperature 1 with guidance 3 (`job.temperature`,
 `job.guidance`); greedy drawings show the background alone.
 
+Other image modes at the same budget (docs/benchmarks.md, "Discrete, regression and
+diffusion images"): `--set model.image_output=regression` image_agreement 0.575;
+`--set model.image_input=continuous --set model.image_output=diffusion` 0.646;
+`--set model.image_output=diffusion --set model.diffusion_form=block` 0.749.
+
 Overrides small enough for a test: `--set job.tokenizer_steps=4 --set job.tokenizer_items=64
 --set job.items=32 --set job.eval_items=8 --set train.steps=4`.
 """
