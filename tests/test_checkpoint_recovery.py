@@ -199,6 +199,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_second_sigint_cannot_abort_the_final_save(tmp_path):
     (tmp_path / "driver.py").write_text(SIGNALS)
     experiment = Path(__file__).with_name("cli_tiny_experiment.py")

@@ -148,7 +148,7 @@ def test_nearest_code_is_the_flagged_argmin():
 
 
 # -- in the model ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["regression", "diffusion"])
+@pytest.mark.parametrize("mode", [pytest.param("regression", marks=pytest.mark.slow), "diffusion"])  # a linear head per position
 def test_no_continuous_loss_sees_its_target_or_a_later_input(mode):
     model = head_model(mode)
     rng = np.random.default_rng(6)
@@ -184,7 +184,7 @@ def generation_setup(n: int, **model):
     return vocab, m, table, BlockRules.from_vocab(vocab, {"image": n}), prompts
 
 
-@pytest.mark.parametrize("mode", ["regression", "diffusion"])
+@pytest.mark.parametrize("mode", [pytest.param("regression", marks=pytest.mark.slow), "diffusion"])  # one override path for both
 def test_kv_cache_generation_equals_full_recomputation(mode):
     from mmntp_jax.model.generate import generate_ids, left_pad
 
@@ -226,7 +226,8 @@ def test_image_targets_take_the_weighted_continuous_loss_instead_of_cross_entrop
     assert float(sums["continuous_tokens"]) == mask.sum() and float(sums["modality_tokens"][1]) == 0
 
 
-@pytest.mark.parametrize("mode,form", [("regression", "token"), ("diffusion", "token"), ("diffusion", "block")])
+@pytest.mark.parametrize("mode,form", [pytest.param("regression", "token", marks=pytest.mark.slow),
+                                       pytest.param("diffusion", "token", marks=pytest.mark.slow), ("diffusion", "block")])
 def test_train_steps_lower_the_continuous_loss(mode, form):
     config = tiny_config(model=dict(vocab_size=V, image_output=mode, image_feature_dim=F, diffusion_width=32, diffusion_form=form),
                          train=dict(seq_len=32, batch_size=4, steps=30),

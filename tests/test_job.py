@@ -135,6 +135,8 @@ def test_a_diffusion_output_job_draws_images_from_its_denoiser(job, tmp_path, ca
     assert "stage tokenizer: complete" in err and "stage data: complete" in err, err
     figures = json.loads((workdir / "eval/4.json").read_text())
     assert 0.0 <= figures["image_agreement"] <= 1.0 and figures["samples"].endswith("sheet.png")
+    if form == "block":
+        return  # the evaluation drew its images; sampling and export below are the same for both forms
     assert cli.main(["sample", "--workdir", str(workdir), "--prompt", "a small red circle at the centre on a plain blue background",
                      "--generate", "image", "--out", str(tmp_path / "s")]) == 0
     from PIL import Image

@@ -162,6 +162,7 @@ def test_chinchilla_column_names_and_derived_tokens(tmp_path):
     assert "x" in runs.columns
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_fit_runs_isoflop_sweep_report(tmp_path):
     """Exact IsoFLOP data: both approaches agree, the hold-out predicts the largest budget, plots are written."""
     runs = runs_from_records(isoflop_records(), "sweep.csv")

@@ -59,6 +59,7 @@ def test_logical_rules_never_repeat_a_mesh_axis():
     assert set(LOGICAL_RULES) >= {"batch", "length", "embed", "heads", "kv_heads", "head_dim", "mlp", "vocab", "codebook"}
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_checkpoint_restores_onto_other_meshes(tmp_path):
     _, params, state, builder = run_steps(dict(data=4, fsdp=2), n_steps=1)
     ckpt = Checkpointer(tmp_path, async_save=False)

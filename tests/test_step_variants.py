@@ -63,7 +63,7 @@ def test_float32_variants_reach_the_plain_decoders_losses(plain, attention, loss
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("attention", ["blockwise", pytest.param("xla", marks=SLOW)])
+@pytest.mark.parametrize("attention", [pytest.param("blockwise", marks=SLOW), pytest.param("xla", marks=SLOW)])
 def test_bfloat16_compute_stays_within_1e2_of_float32(plain, attention):
     want, _ = plain
     got, state = losses(attention, 16, dtype="bfloat16")

@@ -215,6 +215,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert jax.tree.leaves(states[0].ema_params)
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_a_checkpoint_from_before_parameter_ema_restores(tmp_path):
     from mmntp_jax.train.checkpoint import Checkpointer
 

@@ -257,7 +257,9 @@ class StepBuilder:
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.state_shardings)
 
     # -- steps ---------------------------------------------------------------
-    def _grads(self, params, batch, key):
+    def _grads(self, params, batch, key=None):
+        """(gradients, sums) of the train loss; `key` draws a diffusion head's noise (default: the eval key)."""
+        key = jax.random.key(EVAL_KEY) if key is None else key
         accum = self.config.optim.grad_accum
         total_weight = jnp.sum(token_weights(batch, self.loss_weights))
         total_weight = jnp.where(total_weight > 0, total_weight, 1.0)
