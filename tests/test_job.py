@@ -135,14 +135,10 @@ def test_a_diffusion_output_job_draws_images_from_its_denoiser(job, tmp_path, ca
     assert "stage tokenizer: complete" in err and "stage data: complete" in err, err
     figures = json.loads((workdir / "eval/4.json").read_text())
     assert 0.0 <= figures["image_agreement"] <= 1.0 and figures["samples"].endswith("sheet.png")
+    drawn = np.load(workdir / "eval/4/drawn.npz")["drawn"]  # the evaluation's drawings, through the sampler and the decoder
+    assert drawn.shape == (6, 32, 32, 3) and np.isfinite(drawn).all() and drawn.std() > 0
     if form == "block":
-        return  # the evaluation drew its images; sampling and export below are the same for both forms
-    assert cli.main(["sample", "--workdir", str(workdir), "--prompt", "a small red circle at the centre on a plain blue background",
-                     "--generate", "image", "--out", str(tmp_path / "s")]) == 0
-    from PIL import Image
-
-    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert np.asarray(Image.open(path)).shape == (32, 32, 3)
+        return  # the export refusal below is the same for both forms
     assert cli.main(["export", "stablehlo", "--workdir", str(workdir), "--out", str(tmp_path / "hlo")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "model.image_output='diffusion' cannot be exported" in lines[0], lines

@@ -113,6 +113,7 @@ def test_weight_decay_skips_norms():
     np.testing.assert_array_equal(updates["norm"]["weight"], 0.0)
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores (tests/test_paths.py restarts a schedule too)
 def test_a_changed_schedule_is_refused_then_restarted_at_the_resumed_step(tmp_path):
     workdir, quiet = tmp_path / "run", (lambda _: None)
     train(tiny_config(**SMALL), workdir, log=quiet)
