@@ -152,6 +152,7 @@ def test_context_dropout_drops_only_context_text_before_a_trained_block():
     assert 0.26 < rate < 0.34
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_block_length_of_residual_codes_is_what_encode_gives(tmp_path):
     """A residual (rvq) audio tokenizer: one block holds every level of every frame, once."""
     from mmntp_jax.data.vocab import Vocab

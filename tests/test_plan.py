@@ -162,6 +162,7 @@ def test_library_matmuls_async_collectives_and_branches():
     assert counts.collective_by_kind["all-gather"] == (3 + 1) * 4 * 8 * 4 and counts.unknown_loops == 0
 
 
+@pytest.mark.slow  # keeps the default suite under 15 minutes on 2 cores
 def test_simulates_devices_the_process_lacks():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
