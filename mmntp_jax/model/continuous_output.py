@@ -117,7 +117,9 @@ def _layer_norm(x_NW):
 
 
 def guided(x_NF, guidance):
-    """cond + (S − 1)·(cond − free) over a batch [cond rows; free rows] (None: unchanged)."""
+    """Classifier-free guidance over a batch [conditional rows; context-free rows] of logits,
+    latents or velocities: cond + (S − 1)·(cond − free) for each pair (S = 1 gives cond
+    exactly; None: `x_NF` unchanged)."""
     if guidance is None:
         return x_NF
     cond, free = jnp.split(x_NF, 2, axis=0)

@@ -35,6 +35,7 @@ import numpy as np
 
 from mmntp_jax.data.packing import block_ids
 from mmntp_jax.data.vocab import END_IDS
+from mmntp_jax.model.continuous_output import guided
 from mmntp_jax.model.heads import logits as head_logits
 from mmntp_jax.model.init import bind
 
@@ -99,13 +100,6 @@ def sample_token(logits_BV, key, temperature: float, top_k: int = 0, top_p: floa
     return jax.random.categorical(key, filter_logits(logits_BV, temperature, top_k, top_p), axis=-1).astype(jnp.int32)
 
 
-def guided(logits_BV, guidance: float):
-    """Classifier-free guidance over a batch [conditional rows; context-free rows]:
-    cond + (S − 1)·(cond − free) for each pair (S = 1 gives cond exactly)."""
-    cond_BV, free_BV = jnp.split(logits_BV, 2, axis=0)
-    return cond_BV + (guidance - 1.0) * (cond_BV - free_BV)
-
-
 def continuous_codes(head, hidden_BD, key, temperature: float, guidance, allowed_BV, token_B):
     """`token_B` with each row at an image-code position (its allowed ids are codes) replaced by
     the code of a latent sampled from the continuous image head (model/continuous_output.py);
@@ -146,7 +140,7 @@ def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_n
 
     def pick(hidden_B1D, i, state):
         logits_BV = head_logits(hidden_B1D, w_DV)[:, 0].astype(jnp.float32)
-        logits_BV = guided(logits_BV, guidance) if guidance is not None else logits_BV
+        logits_BV = guided(logits_BV, guidance)
         block, filled, ended = state
         allowed_BV = rules.allowed(block, filled, v) if rules is not None else jnp.ones((rows, v), bool)
         if block_form and rules is not None:  # images come only from prompts that open them

@@ -123,13 +123,13 @@ def continuous_terms(model, hidden_BTD, batch, weights_BT, key, noised=None):
     if head is None:
         return weights_BT, jnp.zeros((), jnp.float32), {}
     mask_BT = batch["loss_mask"].astype(jnp.float32)
-    _, flag_BT = table_rows(head.table(), batch["targets"])
     if noised is not None:
+        _, flag_BT = table_rows(head.table(), batch["targets"])
         loss_BT, on_BT = head.block.losses(hidden_BTD, noised)
         shift = lambda x_BT: jnp.pad(x_BT[:, :-1], ((0, 0), (1, 0)))
         loss_weights_BT, loss_mask_BT = shift(weights_BT) * on_BT, shift(mask_BT) * on_BT
     else:
-        loss_BT, _ = head.losses(hidden_BTD, batch["targets"], key)
+        loss_BT, flag_BT = head.losses(hidden_BTD, batch["targets"], key)
         loss_weights_BT, loss_mask_BT = weights_BT * flag_BT, mask_BT * flag_BT
     total = jnp.sum(loss_BT * loss_weights_BT)
     sums = {
