@@ -26,6 +26,8 @@ REGRESSION_LOSSES = ("mse", "cosine")  # model.regression_loss
 # model.diffusion_form: token = a denoiser per position, conditioned on its hidden state (MAR);
 # block = the image block noised in the sequence, bidirectional, denoised at once (Transfusion)
 DIFFUSION_FORMS = ("token", "block")
+# model.scan_layers: auto = unroll small models, scan the rest (model/transformer.py `layer_loop`)
+LAYER_LOOPS = ("auto", "scan", "unroll")
 SCHEDULES = ("cosine", "wsd", "constant")
 ON_SCHEDULE_CHANGE = ("refuse", "restart_schedule")  # train.on_schedule_change (mmntp_jax/train/resume_check.py)
 DATA_ON_ERROR = ("stop", "skip")  # data.on_error (mmntp_jax/data/records.py)
@@ -71,8 +73,16 @@ class ModelConfig:
     diffusion_samples: int = 4  # (t, noise) draws per image target and step
     diffusion_steps: int = 32  # Euler steps when sampling
     remat: str = "none"
-    scan_layers: bool = True
+    # auto | scan (jax.lax.scan over the stacked layers: compile time flat in depth) | unroll
+    # (a Python loop over the same parameters); auto unrolls up to 8 layers whose [B, T, D]
+    # activations hold at most 2^21 elements, where it measured faster (docs/benchmarks.md).
+    # The booleans of older configs read as scan (true) and unroll (false).
+    scan_layers: str = "auto"
     max_seq_len: int = 8192
+
+    def __post_init__(self):
+        if isinstance(self.scan_layers, bool) or self.scan_layers in ("true", "false"):
+            object.__setattr__(self, "scan_layers", "scan" if self.scan_layers in (True, "true") else "unroll")
 
     @property
     def resolved_head_dim(self) -> int:

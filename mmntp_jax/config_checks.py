@@ -12,7 +12,7 @@ import typing
 from typing import Sequence
 
 from mmntp_jax.config import (
-    ATTENTION_IMPLS, DATA_ON_ERROR, DIFFUSION_FORMS, DTYPES, IMAGE_INPUTS, IMAGE_OUTPUTS, JOB_KINDS, JOB_TEXT_TOKENIZERS, MASK_KINDS, ON_SCHEDULE_CHANGE, REGRESSION_LOSSES, REMAT_POLICIES,
+    ATTENTION_IMPLS, DATA_ON_ERROR, DIFFUSION_FORMS, DTYPES, IMAGE_INPUTS, IMAGE_OUTPUTS, JOB_KINDS, JOB_TEXT_TOKENIZERS, LAYER_LOOPS, MASK_KINDS, ON_SCHEDULE_CHANGE, REGRESSION_LOSSES, REMAT_POLICIES,
     SCHEDULES, Config, ConfigError, MeshConfig,
 )
 
@@ -106,6 +106,7 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
     _choice(m.dtype, DTYPES, "model.dtype")
     _choice(m.param_dtype, DTYPES, "model.param_dtype")
     _choice(m.remat, REMAT_POLICIES, "model.remat")
+    _choice(m.scan_layers, LAYER_LOOPS, "model.scan_layers")
     _choice(m.attention, ATTENTION_IMPLS, "model.attention")
     _choice(m.attention_mask, MASK_KINDS, "model.attention_mask")
     _choice(m.image_input, IMAGE_INPUTS, "model.image_input")

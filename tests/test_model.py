@@ -159,8 +159,8 @@ def test_chunked_loss_equals_dense_reference_and_its_gradient():
 
 def test_scan_and_unrolled_layers_and_remat_agree():
     ids = jax.random.randint(jax.random.key(5), (2, 16), 0, 97)
-    base = make()(ids)
-    for changes in ({"scan_layers": False}, {"remat": "full"}, {"remat": "dots_saveable"}):
+    base = make(scan_layers="scan")(ids)
+    for changes in ({"scan_layers": "unroll"}, {"scan_layers": "auto"}, {"scan_layers": False}, {"remat": "full"}, {"remat": "dots_saveable"}):
         np.testing.assert_allclose(make(**changes)(ids), base, atol=1e-5, err_msg=str(changes))
 
 
@@ -192,3 +192,15 @@ def test_fused_cross_entropy_gradients_match_autodiff(chunk):
     np.testing.assert_allclose(fused(h, w), reference(h, w), rtol=1e-5)
     for got, want in zip(jax.grad(fused, argnums=(0, 1))(h, w), jax.grad(reference, argnums=(0, 1))(h, w)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_loop_auto_unrolls_small_models_only():
+    from mmntp_jax.model.transformer import layer_loop
+
+    small, deep = CFG, dataclasses.replace(CFG, n_layers=12)
+    assert layer_loop(small, (8, 512, 192)) == "unroll"  # the captioned job's step
+    assert layer_loop(small, (8, 1024, 512)) == "scan"  # 4.2M activations (the d512 shape)
+    assert layer_loop(deep, (1, 16, 64)) == "scan"
+    assert layer_loop(dataclasses.replace(CFG, scan_layers="scan"), (1, 16, 64)) == "scan"
+    assert dataclasses.replace(CFG, scan_layers=True).scan_layers == "scan"  # older configs' booleans
+    assert dataclasses.replace(CFG, scan_layers="false").scan_layers == "unroll"
