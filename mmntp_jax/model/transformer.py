@@ -52,6 +52,8 @@ def layer_loop(cfg, shape_BTD) -> str:
     T1024 B8 ran 7% faster scanned (docs/benchmarks.md)."""
     if cfg.scan_layers != "auto":
         return cfg.scan_layers
+    if not all(isinstance(n, int) for n in shape_BTD):  # symbolic (exported) shapes: scan
+        return "scan"
     small = cfg.n_layers <= UNROLL_MAX_LAYERS and shape_BTD[0] * shape_BTD[1] * shape_BTD[2] <= UNROLL_MAX_ACTIVATION
     return "unroll" if small else "scan"
 
