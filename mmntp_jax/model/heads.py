@@ -19,8 +19,8 @@ chunk's logits outside are set to -inf before the log-partition, so the
 restriction costs one compare-and-select per chunk and no [B, T, V] array.
 Per-token statistics: `loss`, `lse`, `correct` (1 when the target's logit is
 the row's maximum, i.e. argmax == target up to exact ties; read off the
-log-partition's max, since a separate argmax pass cost 10% of the peer-shape
-step) under the full softmax always, and `loss_restricted`, `lse_restricted`,
+log-partition's max: a separate argmax pass made the peer-shape step 1.13×
+slower) under the full softmax always, and `loss_restricted`, `lse_restricted`,
 `correct_restricted` when `legal` is given.
 """
 

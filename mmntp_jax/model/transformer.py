@@ -46,10 +46,10 @@ UNROLL_MAX_LAYERS, UNROLL_MAX_ACTIVATION = 8, 2**21
 
 def layer_loop(cfg, shape_BTD) -> str:
     """"scan" or "unroll" for `model.scan_layers` at this [B, T, D]. auto unrolls up to
-    8 layers whose activations hold at most 2^21 elements: on the 2-core CPU the scan's
-    stacked residuals (a dynamic-update-slice per layer forward, a dynamic-slice back)
-    cost the small jobs 9–25% of their step (text_stdlib, captioned), while d512 L8
-    T1024 B8 ran 7% faster scanned (docs/benchmarks.md)."""
+    8 layers whose activations hold at most 2^21 elements: on the 2-core CPU, without the
+    scan's stacked residuals (a dynamic-update-slice per layer forward, a dynamic-slice
+    back) the small jobs' steps ran 1.09–1.25× faster (text_stdlib, captioned), while
+    d512 L8 T1024 B8 ran 7% faster scanned (docs/benchmarks.md)."""
     if cfg.scan_layers != "auto":
         return cfg.scan_layers
     if not all(isinstance(n, int) for n in shape_BTD):  # symbolic (exported) shapes: scan

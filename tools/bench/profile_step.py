@@ -39,23 +39,6 @@ import train_step  # noqa: E402  (the benchmark's shapes, configs and batches)
 SKIPPED = ("ThunkExecutor", "end:", "ThreadpoolListener", "SlinkyThreadPool")
 
 
-def build(shape: str, variant: str, dtype: str, block: int):
-    import jax
-
-    from mmntp_jax.sharding import make_mesh, shard_batch
-    from mmntp_jax.train.step import StepBuilder
-
-    config = train_step.make_config(shape, variant, dtype, block)
-    mesh = make_mesh(config.mesh, jax.devices() if shape in train_step.JOBS else jax.devices()[:1])
-    builder = StepBuilder(config, mesh)
-    if train_step.VARIANTS[variant]["loss_chunk"] < 0:
-        builder.loss_chunk, builder.fused_loss = 0, False
-    state = builder.init_state(0)
-    make_batch = train_step.captioned_batch if shape == "captioned" else train_step.random_batch
-    batch = shard_batch(make_batch(config), mesh)
-    return builder.train_step.lower(state, batch).compile(), state, batch
-
-
 def trace(compiled, state, batch, steps: int, folder: str) -> tuple[float, str]:
     import jax
 
@@ -88,13 +71,16 @@ def op_events(xplane: str):
                     yield event.start_ns, event.start_ns + event.duration_ns, event.name
 
 
-def op_names(hlo_text: str) -> dict[str, tuple[str, str]]:
-    """HLO instruction name → (kind, the JAX op_name it came from)."""
+def kind(name: str) -> str:
+    """`dot` for XLA's matmul fusions and dots, `elementwise` for the rest."""
+    return "dot" if name.startswith(("ynn_fusion", "xnn_fusion", "onednn", "dot")) else "elementwise"
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name → the JAX op_name it came from."""
     names = {}
-    for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?(?:kind=(\w+))?.*?op_name=\"([^\"]*)\"", hlo_text, re.M):
-        name, op_name = match.group(1), match.group(3)
-        kind = "dot" if name.startswith(("ynn_fusion", "xnn_fusion", "dot", "onednn")) or "dot_general" in name else "elementwise"
-        names[name] = (kind, re.sub(r"^jit\(\w+\)/", "", op_name).replace("/while/body/closed_call", ""))
+    for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo_text, re.M):
+        names[match.group(1)] = re.sub(r"^jit\(\w+\)/", "", match.group(2)).replace("/while/body/closed_call", "")
     return names
 
 
@@ -111,11 +97,10 @@ def idle_ns(events) -> int:
 def table(events, names, steps: int, top: int) -> list[dict]:
     groups = collections.Counter()
     for start, end, name in events:
-        kind, op_name = names.get(name, ("dot" if name.startswith("ynn") else "elementwise", ""))
-        groups[(kind, op_name or name.rstrip("0123456789."))] += end - start
+        groups[(kind(name), names.get(name) or name.rstrip("0123456789."))] += end - start
     total = sum(groups.values())
-    return [{"kind": kind, "op": op, "ms_per_step": round(ns / steps / 1e6, 2), "share": round(ns / total, 4)}
-            for (kind, op), ns in groups.most_common(top)]
+    return [{"kind": k, "op": op, "ms_per_step": round(ns / steps / 1e6, 2), "share": round(ns / total, 4)}
+            for (k, op), ns in groups.most_common(top)]
 
 
 def main(argv=None) -> int:
@@ -131,7 +116,7 @@ def main(argv=None) -> int:
     from mmntp_jax.sharding import use_cpu_devices
 
     use_cpu_devices(args.cpu_devices)
-    compiled, state, batch = build(args.shape, args.variant, args.dtype, args.block)
+    _, _, _, compiled, state, batch, _ = train_step.compile_step(args.shape, args.variant, args.dtype, args.block)
     with tempfile.TemporaryDirectory() as folder:
         wall, xplane = trace(compiled, state, batch, args.steps, folder)
         events = list(op_events(xplane))

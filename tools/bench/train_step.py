@@ -14,8 +14,8 @@ Shapes:
               MLP 512, vocab 272, seq 256, batch 16)
   captioned   the default job's backbone step (experiments/captioned.py: d192 L4, 2 KV heads,
               MLP 512, vocab 1528, seq 512, batch 8; the job trains it over one CPU device
-              per core, here --cpu-devices); its batch carries images: per 88-token document
-              a 24-token caption then a <boi> 64 codes <eoi> block
+              per core, here --cpu-devices); its batch carries images: 91-token documents of
+              a 24-token caption, <boi>, 64 codes, <eoi>, <eos>
 Variants:
   tuned  the defaults the library picks: fused linear cross-entropy in chunks (no
          [B, T, V] logits), blockwise causal attention
@@ -35,10 +35,10 @@ import statistics
 import sys
 import time
 
+from pathlib import Path
+
 import jax
 import numpy as np
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 from mmntp_jax.config import Config, MeshConfig, ModelConfig, OptimConfig, TrainConfig
 from mmntp_jax.data.packing import block_ids
@@ -53,6 +53,7 @@ SHAPES = {
     "peer": dict(model=dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, d_ff=1024, vocab_size=32000), seq_len=512, batch=8),
 }
 JOBS = ("text_stdlib", "captioned")  # shapes read from experiments/<name>.py
+REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {
     "tuned": dict(attention="blockwise", loss_chunk=0),
     "plain": dict(attention="xla", loss_chunk=-1),
@@ -124,7 +125,8 @@ def random_batch(config: Config) -> dict:
     }
 
 
-def bench(shape: str, variant: str, steps: int, dtype: str, block: int, peak: float) -> dict:
+def compile_step(shape: str, variant: str, dtype: str, block: int):
+    """(config, mesh, builder, compiled step, state, batch, compile seconds) of a shape and variant."""
     config = make_config(shape, variant, dtype, block)
     mesh = make_mesh(config.mesh, jax.devices() if shape in JOBS else jax.devices()[:1])
     builder = StepBuilder(config, mesh)
@@ -134,7 +136,11 @@ def bench(shape: str, variant: str, steps: int, dtype: str, block: int, peak: fl
     batch = shard_batch((captioned_batch if shape == "captioned" else random_batch)(config), mesh)
     t0 = time.perf_counter()
     compiled = builder.train_step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
+    return config, mesh, builder, compiled, state, batch, time.perf_counter() - t0
+
+
+def bench(shape: str, variant: str, steps: int, dtype: str, block: int, peak: float) -> dict:
+    config, mesh, builder, compiled, state, batch, compile_s = compile_step(shape, variant, dtype, block)
     for _ in range(2):
         state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
