@@ -22,6 +22,7 @@ ATTENTION_IMPLS = ("xla", "reference", "blockwise")
 MASK_KINDS = ("causal", "prefix", "block")  # model.attention_mask; index = PackedBatch `mask_kind`
 IMAGE_INPUTS = ("discrete", "continuous")  # model.image_input
 IMAGE_OUTPUTS = ("discrete", "regression", "diffusion")  # model.image_output (model/continuous_output.py)
+IMAGE_READERS = ("none", "conv")  # model.image_reader (model/image_reader.py)
 REGRESSION_LOSSES = ("mse", "cosine")  # model.regression_loss
 # model.diffusion_form: token = a denoiser per position, conditioned on its hidden state (MAR);
 # block = the image block noised in the sequence, bidirectional, denoised at once (Transfusion)
@@ -66,6 +67,11 @@ class ModelConfig:
     image_output: str = "discrete"
     image_feature_dim: int = 0  # the latent width F of continuous input and output
     image_tokenizer: str = field(default="", metadata={"path": True})  # the tokenizer folder the latents come from
+    # none | conv: 3 × 3 convolutions over each context image's code grid, added to its embeddings (model/image_reader.py)
+    image_reader: str = "none"
+    image_reader_layers: int = 3
+    image_reader_channels: int = 64  # C; 0 = d_model
+    image_grid_width: int = 8  # codes per grid row (the captioned job sets it from its image tokenizer)
     regression_loss: str = "mse"  # image_output=regression: mse | cosine
     diffusion_form: str = "token"  # image_output=diffusion: token (a denoiser per position) | block (model/diffusion_block.py)
     diffusion_width: int = 128  # W of the denoiser MLP

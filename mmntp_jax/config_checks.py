@@ -12,7 +12,7 @@ import typing
 from typing import Sequence
 
 from mmntp_jax.config import (
-    ATTENTION_IMPLS, DATA_ON_ERROR, DIFFUSION_FORMS, DTYPES, IMAGE_INPUTS, IMAGE_OUTPUTS, JOB_KINDS, JOB_TEXT_TOKENIZERS, LAYER_LOOPS, MASK_KINDS, ON_SCHEDULE_CHANGE, REGRESSION_LOSSES, REMAT_POLICIES,
+    ATTENTION_IMPLS, DATA_ON_ERROR, DIFFUSION_FORMS, DTYPES, IMAGE_INPUTS, IMAGE_OUTPUTS, IMAGE_READERS, JOB_KINDS, JOB_TEXT_TOKENIZERS, LAYER_LOOPS, MASK_KINDS, ON_SCHEDULE_CHANGE, REGRESSION_LOSSES, REMAT_POLICIES,
     SCHEDULES, Config, ConfigError, MeshConfig,
 )
 
@@ -111,6 +111,9 @@ def validate(config: Config, *, device_count: int | None = None) -> None:
     _choice(m.attention_mask, MASK_KINDS, "model.attention_mask")
     _choice(m.image_input, IMAGE_INPUTS, "model.image_input")
     _choice(m.image_output, IMAGE_OUTPUTS, "model.image_output")
+    _choice(m.image_reader, IMAGE_READERS, "model.image_reader")
+    if m.image_reader != "none":
+        _positive(m, "model", ["image_reader_layers", "image_grid_width"])
     _choice(m.regression_loss, REGRESSION_LOSSES, "model.regression_loss")
     _choice(m.diffusion_form, DIFFUSION_FORMS, "model.diffusion_form")
     _positive(m, "model", ["diffusion_width", "diffusion_depth", "diffusion_samples", "diffusion_steps"])

@@ -126,6 +126,11 @@ def check_expressible(cfg: ModelConfig, param_names) -> None:
             f"(a latent {'regression' if cfg.image_output == 'regression' else 'denoiser'}), which transformers' {architecture(cfg)} does not have; "
             "train with model.image_output='discrete' to export"
         )
+    if cfg.image_reader != defaults.image_reader:
+        raise NotExpressible(
+            f"model.image_reader={cfg.image_reader!r} cannot be exported: context images enter this model through its image_reader "
+            f"(convolutions over the code grid), which transformers' {architecture(cfg)} does not have; train with model.image_reader='none' to export"
+        )
     for name in sorted(set(cfg.__dataclass_fields__) - COMPUTE_ONLY_FIELDS - MAPPED_FIELDS):
         if getattr(cfg, name) != getattr(defaults, name):
             raise NotExpressible(f"model.{name}={getattr(cfg, name)!r} has no counterpart in LlamaForCausalLM or Qwen3ForCausalLM")

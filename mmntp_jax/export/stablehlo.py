@@ -107,6 +107,10 @@ def export_stablehlo(workdir, out, *, step: int | None = None, dtype: str = "flo
     if cfg.image_output != "discrete":
         raise ValueError(f"{workdir}: model.image_output={cfg.image_output!r} cannot be exported to StableHLO: the exported functions "
                          "return logits, and this model's image tokens come from its image_head's latents (export a discrete-output run)")
+    if cfg.image_reader != "none":
+        raise ValueError(f"{workdir}: model.image_reader={cfg.image_reader!r} cannot be exported to StableHLO: the exported functions take "
+                         "token ids alone, without the loss mask that says which image blocks are context, so the reader would not run "
+                         "(export a run trained with model.image_reader='none')")
     info = reader.checked_params_info()
     params_spec = unflatten({name: jax.ShapeDtypeStruct(a.shape, np_dtype) for name, a in info.items()})
     exported_forward, exported_decode = export_functions(cfg, params_spec, tuple(platforms))

@@ -38,13 +38,26 @@ def tokens_dir(workdir) -> Path:
 def backbone_config(config: Config, workdir) -> Config:
     """The config the backbone trains with: the job's, reading the job's shards; with
     `model.image_input=continuous` or `model.image_output=regression|diffusion`, the
-    job's image tokenizer supplies the code latents."""
+    job's image tokenizer supplies the code latents; with `model.image_reader=conv`, the
+    width of its code grid."""
     data = dataclasses.replace(config.data, source="shards", path=str(tokens_dir(workdir)))
     model = config.model
     if (model.image_input != "discrete" or model.image_output != "discrete") and not model.image_tokenizer:
         folder = Path(workdir) / TOKENIZER_DIR
         model = dataclasses.replace(model, image_tokenizer=str(folder), image_feature_dim=latent_width(config))
+    if model.image_reader != "none":
+        model = dataclasses.replace(model, image_grid_width=grid_width(config))
     return dataclasses.replace(config, data=data, model=model)
+
+
+def grid_width(config: Config) -> int:
+    """Codes per row of the job's image tokenizer's grid (the image reader's `model.image_grid_width`)."""
+    if config.job.tokenizer:
+        from mmntp_jax.tokenizers.io import load_tokenizer
+
+        return load_tokenizer(config.job.tokenizer).module().latent_shape()[-1]
+    model = tokenizer_experiment(config).model
+    return model.image_size // model.factor
 
 
 def latent_width(config: Config) -> int:

@@ -37,6 +37,7 @@ from mmntp_jax.data.packing import block_ids
 from mmntp_jax.data.vocab import END_IDS
 from mmntp_jax.model.continuous_output import guided
 from mmntp_jax.model.heads import logits as head_logits
+from mmntp_jax.model.image_reader import context_groups
 from mmntp_jax.model.init import bind
 
 
@@ -71,6 +72,14 @@ def prompt_groups(model, ids_BP, segments_BP):
     """Bidirectional group ids [B, P] of left-padded prompts under the model's mask kind."""
     loss_BP, blocks_BP = prompt_loss_mask(ids_BP, segments_BP)
     return model.groups(segments_BP, blocks_BP, loss_BP)
+
+
+def prompt_context(model, ids_BP, segments_BP):
+    """The prompts' context image blocks for the image reader [B, P] (None without one)."""
+    if model.cfg.image_reader == "none":
+        return None
+    loss_BP, blocks_BP = prompt_loss_mask(ids_BP, segments_BP)
+    return context_groups(ids_BP, segments_BP, blocks_BP, loss_BP)
 
 
 def filter_logits(logits_BV, temperature: float, top_k: int, top_p: float):
@@ -129,7 +138,8 @@ def generate_ids(graph, params, ids_BP, segments_BP, positions_BP, key, *, max_n
     b, p = ids_BP.shape
     v = model.head_kernel().shape[-1]
     cache = model.init_cache(b, p + max_new_tokens)
-    hidden_BPD, cache = model.decode(ids_BP, positions_BP, segments_BP, cache, 0, prompt_groups(model, ids_BP, segments_BP))
+    hidden_BPD, cache = model.decode(ids_BP, positions_BP, segments_BP, cache, 0, prompt_groups(model, ids_BP, segments_BP),
+                                     context_BT=prompt_context(model, ids_BP, segments_BP))
     w_DV = model.head_kernel()
     head = getattr(model, "image_head", None)
     block_form = head is not None and head.form == "block"

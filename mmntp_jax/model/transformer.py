@@ -5,6 +5,7 @@ Dimensions: B batch, T time, S cache length, D model dim, V vocab, L layers.
 Parameter tree (HF Llama names, kernels [in, out], layers stacked on axis 0):
     embed_tokens.embedding [V, D]
     multi_modal_projector.{latents [V, F+1], kernel [F, D], bias [D]}  only with image_input=continuous
+    image_reader.{norm, conv*, out_proj}  only with image_reader=conv (model/image_reader.py)
     layers.input_layernorm.weight [L, D]
     layers.self_attn.{q,k,v}_proj [L, D, heads, E], o_proj [L, H, E, D] (+ q_norm/k_norm)
     layers.post_attention_layernorm.weight [L, D]
@@ -32,6 +33,7 @@ from mmntp_jax.config import MASK_KINDS
 from mmntp_jax.model.attention import Attention, MaskIds, bidirectional_groups, row_ids
 from mmntp_jax.model.continuous_input import ContinuousInput
 from mmntp_jax.model.continuous_output import ContinuousOutput
+from mmntp_jax.model.image_reader import ImageReader, context_groups
 from mmntp_jax.model.layers import MLP, Embedding, RMSNorm, param, rope_cos_sin
 from mmntp_jax.sharding import constrain
 
@@ -85,6 +87,8 @@ class Transformer(nnx.Module):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.d_model, cfg.init_std, rngs=rngs)
         if cfg.image_input == "continuous":
             self.multi_modal_projector = ContinuousInput(cfg.vocab_size, cfg.image_feature_dim, cfg.d_model, cfg.init_std, rngs=rngs)
+        if cfg.image_reader != "none":
+            self.image_reader = ImageReader(cfg, rngs=rngs)
 
         @nnx.split_rngs(splits=cfg.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -102,11 +106,15 @@ class Transformer(nnx.Module):
     def compute_dtype(self):
         return DTYPES[self.cfg.dtype]
 
-    def embed(self, ids_BT):
-        """Input embeddings [B, T, D]: token rows, image codes through the projector when `image_input=continuous`."""
+    def embed(self, ids_BT, context_BT=None):
+        """Input embeddings [B, T, D]: token rows, image codes through the projector when
+        `image_input=continuous`, context image blocks (`context_BT`, from
+        `image_reader.context_groups`; None = none) read by the image reader."""
         x_BTD = self.embed_tokens(ids_BT, self.compute_dtype)
         if self.cfg.image_input == "continuous":
             x_BTD = self.multi_modal_projector(ids_BT, x_BTD)
+        if self.cfg.image_reader != "none" and context_BT is not None:
+            x_BTD = self.image_reader(ids_BT, x_BTD, context_BT)
         return x_BTD
 
     def head_kernel(self):
@@ -145,8 +153,12 @@ class Transformer(nnx.Module):
         """Hidden states [B, T, D]; the optional fields are those of a PackedBatch.
 
         `noised` (diffusion_block.NoisedBlocks): its members enter as their noised
-        latents and attend within their block both ways."""
-        x_BTD = self.embed(ids_BT)
+        latents and attend within their block both ways. Without `loss_mask` no
+        block counts as context, so the image reader reads nothing."""
+        context_BT = None
+        if self.cfg.image_reader != "none" and loss_mask_BT is not None and segment_ids_BT is not None and block_ids_BT is not None:
+            context_BT = context_groups(ids_BT, segment_ids_BT, block_ids_BT, loss_mask_BT)
+        x_BTD = self.embed(ids_BT, context_BT)
         if noised is not None:
             noised_BTD = self.image_head.block.embed(noised.x_t_BTF, noised.t_BT, x_BTD.dtype)
             x_BTD = jnp.where(noised.member_BT[..., None] > 0, noised_BTD, x_BTD)
@@ -182,18 +194,19 @@ class Transformer(nnx.Module):
             "groups": jnp.zeros((cfg.n_layers, batch, length), jnp.int32),
         }
 
-    def decode(self, ids_BT, positions_BT, segment_ids_BT, cache, index, groups_BT=None, embeddings_BTD=None):
+    def decode(self, ids_BT, positions_BT, segment_ids_BT, cache, index, groups_BT=None, embeddings_BTD=None, context_BT=None):
         """Runs T new tokens at cache slot `index`; returns (hidden [B, T, D], new cache).
 
         `groups_BT` (from `groups`, e.g. a prompt's context block prefilled at
         once) makes tokens of one call see each other as in the full forward;
         None = causal, as for newly decoded tokens. `embeddings_BTD` replaces
-        the embedding of `ids_BT` (a denoised image block).
+        the embedding of `ids_BT` (a denoised image block); `context_BT` (as for
+        `embed`) the context image blocks the image reader reads, at prefill.
         """
         groups_BT = jnp.zeros_like(segment_ids_BT) if groups_BT is None else groups_BT
         q_ids = row_ids(segment_ids_BT, groups_BT, index)
         cos_BTE, sin_BTE = rope_cos_sin(positions_BT, self.cfg.resolved_head_dim, self.cfg.rope_theta)
-        x_BTD = self.embed(ids_BT) if embeddings_BTD is None else embeddings_BTD
+        x_BTD = self.embed(ids_BT, context_BT) if embeddings_BTD is None else embeddings_BTD
         graphdef, state = nnx.split(self.layers)
 
         def step(x, layer_and_cache):
