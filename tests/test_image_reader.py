@@ -141,15 +141,21 @@ def test_kv_cache_decoding_with_a_read_prompt_image_equals_full_recomputation():
     blocks = prompt_loss_mask(full_ids, full_seg)[1]
     loss = jnp.where(jnp.arange(p + n) >= p - 1, 1.0, jnp.pad(prompt_loss_mask(ids, seg)[0], ((0, 0), (0, n))))
     graph, params = nnx.split(model)
-    want = np.asarray(logits(model(full_ids, full_pos, full_seg, blocks, loss), model.head_kernel()))
-    m = nnx.merge(graph, params)
-    h, cache = m.decode(ids, pos, seg, m.init_cache(b, p + n), 0, prompt_groups(m, ids, seg), context_BT=prompt_context(m, ids, seg))
-    got = [logits(h, m.head_kernel())]
-    for i in range(n):
-        h, cache = m.decode(new[:, i : i + 1], full_pos[:, p + i : p + i + 1], jnp.ones((b, 1), jnp.int32), cache, p + i)
-        got.append(logits(h, m.head_kernel()))
-    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=2e-5)
-    unread = np.asarray(logits(model(ids, pos, seg), model.head_kernel()))  # no loss mask: no context, nothing read
+
+    @jax.jit
+    def full_and_cached(params):
+        m = nnx.merge(graph, params)
+        want = logits(m(full_ids, full_pos, full_seg, blocks, loss), m.head_kernel())
+        h, cache = m.decode(ids, pos, seg, m.init_cache(b, p + n), 0, prompt_groups(m, ids, seg), context_BT=prompt_context(m, ids, seg))
+        got = [logits(h, m.head_kernel())]
+        for i in range(n):
+            h, cache = m.decode(new[:, i : i + 1], full_pos[:, p + i : p + i + 1], jnp.ones((b, 1), jnp.int32), cache, p + i)
+            got.append(logits(h, m.head_kernel()))
+        return want, jnp.concatenate(got, axis=1), logits(m(ids, pos, seg), m.head_kernel())
+
+    want, got, unread = map(np.asarray, full_and_cached(params))
+    np.testing.assert_allclose(got, want, atol=2e-5)
+    # `unread`: the prompts without a loss mask, so no block is context and nothing is read
     assert not np.allclose(unread[0, -1], want[0, p - 1], atol=1e-4)
     greedy = np.asarray(generate_ids(graph, params, ids, seg, pos, jax.random.key(0), max_new_tokens=3))
     np.testing.assert_array_equal(greedy[:, 0], want[:, p - 1].argmax(-1))
