@@ -30,7 +30,7 @@ setup(
         "flatbuffers>=24.3,<26",  # jax.export serialization (mmntp export stablehlo)
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6.100", "scikit-image>=0.24"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5,<4", "hypothesis>=6.100", "scikit-image>=0.24"],
         "hf": ["torch==2.13.0", "transformers>=4.50", "vector-quantize-pytorch>=1.20"],
     },
     entry_points={"console_scripts": ["mmntp=mmntp_jax.cli:main"]},

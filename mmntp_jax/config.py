@@ -55,7 +55,7 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: str = "float32"
     param_dtype: str = "float32"
-    attention: str = "blockwise"  # fastest measured (docs/benchmarks.md); T ≤ attention_block runs xla
+    attention: str = "blockwise"  # fastest measured (docs/benchmarks.md); T ≤ attention_block: two tiles of T/2 (xla when T/2 < 128)
     attention_block: int = 512
     # causal | prefix (bidirectional context prefix) | block (bidirectional context media blocks)
     attention_mask: str = "causal"

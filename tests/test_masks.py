@@ -134,7 +134,8 @@ def test_rows_exercise_the_tiles():
 
 
 @pytest.mark.parametrize("default", range(len(MASK_KINDS)), ids=MASK_KINDS)
-def test_mask_and_every_attention_path_equal_numpy_reference(default):
+def test_mask_and_every_attention_path_equal_numpy_reference(default, monkeypatch):
+    monkeypatch.setattr(attention, "MIN_TILE", T // 2)  # so a one-block row (block = T) is cut into two tiles here too
     g = groups_of(ROWS, default)
     ids = attention.row_ids(jnp.asarray(ROWS["segment_ids"]), jnp.asarray(g))
     visible = np.stack([reference_visible(*(ROWS[k][r] for k in ("segment_ids", "block_ids", "loss_mask", "mask_kind")), default) for r in range(len(g))])
@@ -146,9 +147,25 @@ def test_mask_and_every_attention_path_equal_numpy_reference(default):
         "reference": attention.reference_attention(q, k, v, ids, ids),
         "xla": attention.xla_attention(q, k, v, ids, ids),
         "blockwise": jax.jit(attention.blockwise_attention, static_argnums=4)(q, k, v, ids, TILE),
+        "blockwise, one block": jax.jit(attention.blockwise_attention, static_argnums=4)(q, k, v, ids, T),
     }
     for name, out in outputs.items():
         np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5, err_msg=name)
+    # gradients: every path's vjp equals the dense reference's (blockwise stops the gradient at its running max)
+    cotangent = jax.random.normal(jax.random.key(7), q.shape)
+    vjp = lambda fn: jax.jit(lambda q, k, v: jax.vjp(fn, q, k, v)[1](cotangent))(q, k, v)
+    want = vjp(lambda q, k, v: attention.reference_attention(q, k, v, ids, ids))
+    paths = {"xla": attention.xla_attention, **{name: (lambda block: lambda q, k, v, a, b: attention.blockwise_attention(q, k, v, a, block))(block)
+                                                for name, block in (("blockwise", TILE), ("blockwise, one block", T))}}
+    for name, fn in paths.items():
+        for arg, got, ref in zip("qkv", vjp(lambda q, k, v: fn(q, k, v, ids, ids)), want):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=5e-5, err_msg=f"{name}: d{arg}")
+
+
+def test_tile_size_cuts_a_one_block_row_in_two():
+    """blockwise's tile for rows of T at block 512 (0: it runs xla)."""
+    assert [attention.tile_size(t, 512) for t in (4096, 2048, 1024, 768, 512, 256, 254, 128, 64)] == [512, 512, 512, 0, 256, 128, 0, 0, 0]
+    assert attention.tile_size(64, 16) == 16 and attention.tile_size(48, 32) == 0
 
 
 def test_regions_never_hold_a_trained_position_before_their_end():

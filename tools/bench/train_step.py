@@ -43,6 +43,7 @@ import numpy as np
 from mmntp_jax.config import Config, MeshConfig, ModelConfig, OptimConfig, TrainConfig
 from mmntp_jax.data.packing import block_ids
 from mmntp_jax.data.vocab import NAMED_SPECIALS
+from mmntp_jax.model.attention import tile_size
 from mmntp_jax.model.flops import training_flops_per_step
 from mmntp_jax.sharding import make_mesh, shard_batch, use_cpu_devices
 from mmntp_jax.train.metrics import measure_matmul_peak
@@ -154,7 +155,8 @@ def bench(shape: str, variant: str, steps: int, dtype: str, block: int, peak: fl
     flops = training_flops_per_step(config.model, config.train.seq_len, config.train.batch_size)
     return {
         "config": shape, "variant": variant, "dtype": dtype,
-        "attention": config.model.attention, "attention_block": config.model.attention_block, "devices": mesh.size, "loss_chunk": builder.loss_chunk, "fused_loss": builder.fused_loss,
+        "attention": config.model.attention, "attention_block": config.model.attention_block,
+        "attention_tile": tile_size(config.train.seq_len, config.model.attention_block) if config.model.attention == "blockwise" else 0, "devices": mesh.size, "loss_chunk": builder.loss_chunk, "fused_loss": builder.fused_loss,
         "tokens_per_s": config.train.batch_size * config.train.seq_len / step_s,
         "mfu": flops / step_s / peak, "matmul_peak_flops": peak, "tflop_per_step": flops / 1e12,
         "compile_s": compile_s, "step_s_median": step_s, "step_s_min": min(times),
