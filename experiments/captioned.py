@@ -18,13 +18,13 @@ steer from. The mask is causal, so `mmntp export hf` gives the same model in
 transformers; `--set model.attention_mask=block` lets context images attend
 bidirectionally (export then refuses: transformers' Llama is causal).
 
-Measured (2-core CPU, docs/benchmarks.md "The captioned job"): 22 min 0 s on a fresh
-clone with nothing else running (backbone 1042 s); eval loss text 0.459 / image 3.48 nats;
-caption_accuracy 0.689 (colour 0.81, shape 0.27, background 0.98),
-image_agreement 0.669 (colour 0.60, shape 0.41, background 0.99),
+Measured (2-core CPU, docs/benchmarks.md "The captioned job"): 15 min 40 s on a fresh
+clone with nothing else running (backbone 696 s); eval loss text 0.462 / image 3.48 nats;
+caption_accuracy 0.683 (colour 0.80, shape 0.26, background 0.99),
+image_agreement 0.722 (colour 0.77, shape 0.42, background 0.97),
 classifier_accuracy 0.955 — targets 0.90 / 0.80 / 0.90: met for the
 classifier, not yet for the model, whose weak attribute both ways is the shape
-(an earlier run whose step rounds differently: 0.673 / 0.746, drawn colour 0.84).
+(earlier runs whose steps round differently: 0.673–0.699 / 0.669–0.746).
 Drawings are sampled at temperature 1 with guidance 3 (`job.temperature`,
 `job.guidance`); greedy drawings show the background alone.
 
