@@ -155,10 +155,13 @@ def test_mask_and_every_attention_path_equal_numpy_reference(default, monkeypatc
     cotangent = jax.random.normal(jax.random.key(7), q.shape)
     vjp = lambda fn: jax.jit(lambda q, k, v: jax.vjp(fn, q, k, v)[1](cotangent))(q, k, v)
     want = vjp(lambda q, k, v: attention.reference_attention(q, k, v, ids, ids))
-    paths = {"xla": attention.xla_attention, **{name: (lambda block: lambda q, k, v, a, b: attention.blockwise_attention(q, k, v, a, block))(block)
-                                                for name, block in (("blockwise", TILE), ("blockwise, one block", T))}}
+    paths = {
+        "xla": lambda q, k, v: attention.xla_attention(q, k, v, ids, ids),
+        "blockwise": lambda q, k, v: attention.blockwise_attention(q, k, v, ids, TILE),
+        "blockwise, one block": lambda q, k, v: attention.blockwise_attention(q, k, v, ids, T),
+    }
     for name, fn in paths.items():
-        for arg, got, ref in zip("qkv", vjp(lambda q, k, v: fn(q, k, v, ids, ids)), want):
+        for arg, got, ref in zip("qkv", vjp(fn), want):
             np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=5e-5, err_msg=f"{name}: d{arg}")
 
 

@@ -155,7 +155,6 @@ def test_schedule_changes_that_keep_the_learning_rate_resume_silently():
     assert schedule_decision("w", spec(cosine, 100), spec(cosine, 200), 0, "") is None  # nothing trained yet
 
 
-
 def test_matmul_peak_is_the_best_of_runs_spread_over_the_time_asked(monkeypatch):
     """A core held by another process for a moment must not halve the peak: on a clock where
     the first 8 runs take 0.1 s (contended) and later ones 0.01 s, the peak is the fast runs'."""

@@ -126,8 +126,8 @@ def main(argv=None) -> int:
         if name == "conv":
             predict = train_conv_probe(x_train, y_train, len(classes))
         else:
-            hidden = train_probe(flat(x_train), y_train, len(classes), 256 if name == "mlp256" else 0)
-            predict = lambda x, hidden=hidden: hidden(flat(x))
+            flat_probe = train_probe(flat(x_train), y_train, len(classes), 256 if name == "mlp256" else 0)
+            predict = lambda x, flat_probe=flat_probe: flat_probe(flat(x))
         print(json.dumps({"probe": name, "train_accuracy": float((predict(x_train) == y_train).mean()),
                           "heldout_accuracy": float((predict(x_eval) == y_eval).mean())}), flush=True)
     return 0
