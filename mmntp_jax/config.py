@@ -22,7 +22,7 @@ ATTENTION_IMPLS = ("xla", "reference", "blockwise")
 MASK_KINDS = ("causal", "prefix", "block")  # model.attention_mask; index = PackedBatch `mask_kind`
 IMAGE_INPUTS = ("discrete", "continuous")  # model.image_input
 IMAGE_OUTPUTS = ("discrete", "regression", "diffusion")  # model.image_output (model/continuous_output.py)
-IMAGE_READERS = ("none", "conv")  # model.image_reader (model/image_reader.py)
+IMAGE_READERS = ("none", "conv", "pixels")  # model.image_reader (model/image_reader.py, model/pixel_reader.py)
 REGRESSION_LOSSES = ("mse", "cosine")  # model.regression_loss
 # model.diffusion_form: token = a denoiser per position, conditioned on its hidden state (MAR);
 # block = the image block noised in the sequence, bidirectional, denoised at once (Transfusion)
@@ -68,6 +68,7 @@ class ModelConfig:
     image_feature_dim: int = 0  # the latent width F of continuous input and output
     image_tokenizer: str = field(default="", metadata={"path": True})  # the tokenizer folder the latents come from
     # none | conv: 3 × 3 convolutions over each context image's code grid, added to its embeddings (model/image_reader.py)
+    # | pixels: each context image decoded by the (frozen) tokenizer decoder, read by a trained CNN (model/pixel_reader.py)
     image_reader: str = "none"
     image_reader_layers: int = 3
     image_reader_channels: int = 64  # C; 0 = d_model

@@ -98,7 +98,7 @@ def test_reader_reads_context_codes_and_equals_numpy_reference():
 
 
 @jax.jit
-def _loss_gradient(graph_params, batch, b, t):
+def reader_loss_gradient(graph_params, batch, b, t):
     """d(loss at row b, position t) / d(token embeddings before the reader), summed over D: [B, T]."""
     graph, params = graph_params
     model = nnx.merge(graph, params)
@@ -120,11 +120,11 @@ def test_no_trained_target_is_visible_through_the_reader():
     assert member.sum() > 8
     looked_ahead = 0
     for b, t in zip(*np.nonzero(rows["loss_mask"])):
-        grad = np.asarray(_loss_gradient(graph_params, batch, b, t))
+        grad = np.asarray(reader_loss_gradient(graph_params, batch, b, t))
         assert np.all(grad[b, t + 1 :] == 0.0), f"the loss at {b}, {t} sees a later input"
         assert np.all(grad[1 - b] == 0.0) and grad[b, t] > 0
     for b, t in zip(*np.nonzero(member)):  # an untrained code of a context image does see its later neighbours
-        grad = np.asarray(_loss_gradient(graph_params, batch, b, t))
+        grad = np.asarray(reader_loss_gradient(graph_params, batch, b, t))
         looked_ahead += int(np.any(grad[b, t + 1 :] > 0))
     assert looked_ahead > 0
 
@@ -132,8 +132,15 @@ def test_no_trained_target_is_visible_through_the_reader():
 def test_kv_cache_decoding_with_a_read_prompt_image_equals_full_recomputation():
     model = randomized(Transformer(READER, rngs=nnx.Rngs(2)))
     ids, seg, pos = map(jnp.asarray, prompt_rows())
-    b, p, n = ids.shape[0], ids.shape[1], 5
     assert int(np.asarray(grid_members(ids, prompt_context(model, ids, seg))[0]).sum()) == 9  # the first prompt's image
+    assert_cached_decoding_reads_the_prompt_image(model, ids, seg, pos)
+
+
+def assert_cached_decoding_reads_the_prompt_image(model, ids, seg, pos, n=5):
+    """Prefill of left-padded prompts (row 0 holding a context image) and n cached steps equal
+    the full forward of the whole rows; without a loss mask the image would not be read; greedy
+    `generate_ids` agrees."""
+    b, p = ids.shape
     new = jax.random.randint(jax.random.key(3), (b, n), VOCAB.offset("text"), VOCAB.offset("text") + 40)
     full_ids = jnp.concatenate([ids, new], axis=1)
     full_seg = jnp.concatenate([seg, jnp.ones((b, n), jnp.int32)], axis=1)

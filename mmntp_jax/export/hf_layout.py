@@ -129,7 +129,8 @@ def check_expressible(cfg: ModelConfig, param_names) -> None:
     if cfg.image_reader != defaults.image_reader:
         raise NotExpressible(
             f"model.image_reader={cfg.image_reader!r} cannot be exported: context images enter this model through its image_reader "
-            f"(convolutions over the code grid), which transformers' {architecture(cfg)} does not have; train with model.image_reader='none' to export"
+            f"({'convolutions over the code grid' if cfg.image_reader == 'conv' else 'the tokenizer decoder and a CNN over the decoded pixels'}), "
+            f"which transformers' {architecture(cfg)} does not have; train with model.image_reader='none' to export"
         )
     for name in sorted(set(cfg.__dataclass_fields__) - COMPUTE_ONLY_FIELDS - MAPPED_FIELDS):
         if getattr(cfg, name) != getattr(defaults, name):

@@ -38,11 +38,11 @@ def tokens_dir(workdir) -> Path:
 def backbone_config(config: Config, workdir) -> Config:
     """The config the backbone trains with: the job's, reading the job's shards; with
     `model.image_input=continuous` or `model.image_output=regression|diffusion`, the
-    job's image tokenizer supplies the code latents; with `model.image_reader=conv`, the
-    width of its code grid."""
+    job's image tokenizer supplies the code latents (and with `model.image_reader=pixels` its
+    decoder); with `model.image_reader=conv`, the width of its code grid."""
     data = dataclasses.replace(config.data, source="shards", path=str(tokens_dir(workdir)))
     model = config.model
-    if (model.image_input != "discrete" or model.image_output != "discrete") and not model.image_tokenizer:
+    if (model.image_input != "discrete" or model.image_output != "discrete" or model.image_reader == "pixels") and not model.image_tokenizer:
         folder = Path(workdir) / TOKENIZER_DIR
         model = dataclasses.replace(model, image_tokenizer=str(folder), image_feature_dim=latent_width(config))
     if model.image_reader != "none":

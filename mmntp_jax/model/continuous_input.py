@@ -26,7 +26,8 @@ codes are what the shards already hold, the quantized latent is a fixed
 function of them (no second copy of the data set, no encoder in the step),
 and it is what the tokenizer's decoder reconstructs the image from. What it
 gives up is the detail lost to quantization (docs/training.md, "Continuous
-image input").
+image input"). The encoder trained end to end is `model.image_reader=pixels`
+(model/pixel_reader.py), over the decoded codes.
 """
 
 from __future__ import annotations
@@ -93,4 +94,5 @@ def fill_latents(params: dict, table: np.ndarray, feature_dim: int, sharding=Non
 def latent_modules(model_config) -> tuple[str, ...]:
     """The parameter modules holding a code-latent table under `model_config`."""
     return (("multi_modal_projector",) if model_config.image_input == "continuous" else ()) + (
-        ("image_head",) if model_config.image_output != "discrete" else ())
+        ("image_head",) if model_config.image_output != "discrete" else ()) + (
+        ("image_reader",) if model_config.image_reader == "pixels" else ())

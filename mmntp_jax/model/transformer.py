@@ -6,6 +6,7 @@ Parameter tree (HF Llama names, kernels [in, out], layers stacked on axis 0):
     embed_tokens.embedding [V, D]
     multi_modal_projector.{latents [V, F+1], kernel [F, D], bias [D]}  only with image_input=continuous
     image_reader.{norm, conv*, out_proj}  only with image_reader=conv (model/image_reader.py)
+    image_reader.{latents, tokenizer_decoder.*, encoder.*, norm, out_proj}  only with image_reader=pixels (model/pixel_reader.py)
     layers.input_layernorm.weight [L, D]
     layers.self_attn.{q,k,v}_proj [L, D, heads, E], o_proj [L, H, E, D] (+ q_norm/k_norm)
     layers.post_attention_layernorm.weight [L, D]
@@ -34,6 +35,7 @@ from mmntp_jax.model.attention import Attention, MaskIds, bidirectional_groups, 
 from mmntp_jax.model.continuous_input import ContinuousInput
 from mmntp_jax.model.continuous_output import ContinuousOutput
 from mmntp_jax.model.image_reader import ImageReader, context_groups
+from mmntp_jax.model.pixel_reader import PixelReader
 from mmntp_jax.model.layers import MLP, Embedding, RMSNorm, param, rope_cos_sin
 from mmntp_jax.sharding import constrain
 
@@ -88,7 +90,7 @@ class Transformer(nnx.Module):
         if cfg.image_input == "continuous":
             self.multi_modal_projector = ContinuousInput(cfg.vocab_size, cfg.image_feature_dim, cfg.d_model, cfg.init_std, rngs=rngs)
         if cfg.image_reader != "none":
-            self.image_reader = ImageReader(cfg, rngs=rngs)
+            self.image_reader = (PixelReader if cfg.image_reader == "pixels" else ImageReader)(cfg, rngs=rngs)
 
         @nnx.split_rngs(splits=cfg.n_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)

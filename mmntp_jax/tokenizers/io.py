@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmntp_jax.tokenizers.registry import MODULES, Tokenizer
+from mmntp_jax.tokenizers.registry import MODULES, Tokenizer, build_module
 
 FORMAT = "mmntp_jax.tokenizer"
 VERSION = 1
@@ -110,7 +110,7 @@ def load_tokenizer(directory, *, expect_config=None) -> Tokenizer:
     if expect_config is not None and config != expect_config:
         diffs = _differences(dataclasses.asdict(expect_config), dataclasses.asdict(config))
         raise TokenizerFileError(f"{directory}: saved with a different config ({'; '.join(diffs[:6])})")
-    tokenizer = Tokenizer.create(meta["kind"], config)
+    graph, state = nnx.split(nnx.eval_shape(lambda: build_module(meta["kind"], config)))  # shapes only: every value comes from the file
     weights = inside(directory, WEIGHTS)
     if not weights.is_file():
         raise FileNotFoundError(f"tokenizer weights {weights}: not found")
@@ -118,12 +118,12 @@ def load_tokenizer(directory, *, expect_config=None) -> Tokenizer:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise TokenizerFileError(f"{weights}: not a readable safetensors file ({err})") from None
-    expected = _flat(tokenizer.params)
+    expected = {".".join(map(str, path)): var.get_value() for path, var in nnx.to_flat_state(state)}
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    wrong = [f"{k} {tensors[k].shape} vs {expected[k].shape}" for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    wrong = [f"{k} {tensors[k].shape} vs {tuple(expected[k].shape)}" for k in expected if k in tensors and tensors[k].shape != tuple(expected[k].shape)]
     if missing or extra or wrong:
         parts = [f"missing {missing[:4]}" if missing else "", f"unexpected {extra[:4]}" if extra else "", f"shapes differ: {wrong[:4]}" if wrong else ""]
         raise TokenizerFileError(f"{weights}: tensors do not match the config in {CONFIG} ({'; '.join(p for p in parts if p)})")
-    for path, var in nnx.to_flat_state(tokenizer.params):
-        var.set_value(jnp.asarray(tensors[".".join(map(str, path))]))
-    return tokenizer
+    for path, var in nnx.to_flat_state(state):
+        var.set_value(jnp.asarray(tensors[".".join(map(str, path))], expected[".".join(map(str, path))].dtype))
+    return Tokenizer(meta["kind"], config, nnx.merge(graph, state))

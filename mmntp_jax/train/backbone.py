@@ -45,19 +45,24 @@ RESUMABLE_CHANGES = ("model.scan_layers", "data.on_error", "train.cpu_devices", 
 
 
 def code_latent_params(params: dict, model, vocab) -> dict:
-    """`params` with every code-latent table (continuous image input and output) filled from
-    `model.image_tokenizer` (model/continuous_input.py, model/continuous_output.py)."""
+    """`params` with every code-latent table (continuous image input and output, the pixel
+    reader) and the pixel reader's decoder filled from `model.image_tokenizer`
+    (model/continuous_input.py, model/continuous_output.py, model/pixel_reader.py)."""
     from mmntp_jax.config import ConfigError
     from mmntp_jax.model.continuous_input import code_latent_table, fill_latents, latent_modules
+    from mmntp_jax.model.pixel_reader import decoder_params
     from mmntp_jax.tokenizers.io import load_tokenizer
 
     if not model.image_tokenizer:
-        raise ConfigError(f"model.image_input={model.image_input} / model.image_output={model.image_output} need model.image_tokenizer, "
-                          "the image tokenizer folder whose code latents the model reads or predicts (the captioned job sets it), "
-                          "and model.image_feature_dim, their width")
-    table = code_latent_table(load_tokenizer(model.image_tokenizer), vocab, model.vocab_size)
+        raise ConfigError(f"model.image_input={model.image_input} / model.image_output={model.image_output} / model.image_reader={model.image_reader} "
+                          "need model.image_tokenizer, the image tokenizer folder whose code latents the model reads or predicts "
+                          "(the captioned job sets it), and model.image_feature_dim, their width")
+    tokenizer = load_tokenizer(model.image_tokenizer)
+    table = code_latent_table(tokenizer, vocab, model.vocab_size)
     for module in latent_modules(model):
         params = fill_latents(params, table, model.image_feature_dim, module=module)
+    if model.image_reader == "pixels":
+        params = decoder_params(params, tokenizer)
     return params
 
 
@@ -199,7 +204,8 @@ class BackboneClient(Client):
             log(f"initial parameters from {workdir}/checkpoints/0")
         if latent_modules(self.config.model):
             state = state.replace(params=code_latent_params(state.params, self.config.model, self.vocab))
-            log(f"image input {self.config.model.image_input}, output {self.config.model.image_output}: the code latents of {self.config.model.image_tokenizer}")
+            m = self.config.model
+            log(f"image input {m.image_input}, output {m.image_output}, reader {m.image_reader}: the code latents of {m.image_tokenizer}")
         return state
 
     def started(self, start: int, log) -> None:

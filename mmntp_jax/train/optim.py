@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-NO_DECAY_MARKERS = ("norm", "bias", "latents")  # latents: the frozen continuous-input table
+NO_DECAY_MARKERS = ("norm", "bias", "latents", "tokenizer_decoder")  # the last two: frozen tables and the pixel reader's decoder
 
 
 def learning_rate_schedule(optim, total_steps: int):
