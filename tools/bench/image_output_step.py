@@ -104,14 +104,32 @@ def build(variant: str):
     state = builder.init_state(0)
     for module in latent_modules(config.model):
         state = state.replace(params=fill_latents(state.params, table(config), FEATURES, module=module))
-    batch = shard_batch(rows(config), mesh)
+    return dict(compiled(builder, state, shard_batch(rows(config), mesh)), config=config)
+
+
+def compiled(builder, state, batch) -> dict:
+    """The train step compiled for `batch` and run twice: {step, state, batch, compile_s}."""
     t0 = time.perf_counter()
     step = builder.train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
     for _ in range(2):
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
-    return {"step": step, "state": state, "batch": batch, "compile_s": compile_s, "config": config}
+    return {"step": step, "state": state, "batch": batch, "compile_s": compile_s}
+
+
+def median_step_times(built: dict, names, rounds: int, steps: int) -> dict:
+    """Median seconds per step of each variant over `rounds` rounds of `steps` steps, the order alternating."""
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            b = built[name]
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                b["state"], metrics = b["step"](b["state"], b["batch"])
+            jax.block_until_ready(metrics)
+            times[name].append((time.perf_counter() - t0) / steps)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv=None) -> int:
@@ -126,17 +144,8 @@ def main(argv=None) -> int:
         print(f"--variants {args.variants}: expected a subset of {','.join(VARIANTS)} including discrete", file=sys.stderr)
         return 2
     built = {name: build(name) for name in names}
-    times = {name: [] for name in names}
-    for r in range(args.rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            b = built[name]
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                b["state"], metrics = b["step"](b["state"], b["batch"])
-            jax.block_until_ready(metrics)
-            times[name].append((time.perf_counter() - t0) / args.steps)
+    median = median_step_times(built, names, args.rounds, args.steps)
     config = built["discrete"]["config"]
-    median = {name: statistics.median(ts) for name, ts in times.items()}
     print(json.dumps({
         "shape": {"d_model": config.model.d_model, "n_layers": config.model.n_layers, "vocab_size": config.model.vocab_size,
                   "seq_len": config.train.seq_len, "batch_size": config.train.batch_size,
