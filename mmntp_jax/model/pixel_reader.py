@@ -54,9 +54,6 @@ from mmntp_jax.model.image_reader import grid_members
 from mmntp_jax.model.layers import RMSNorm, param, project
 from mmntp_jax.tokenizers.autoencoder import Decoder, space_to_depth
 
-FROZEN = ("latents", "tokenizer_decoder")  # parameter names the optimizer never decays
-
-
 def tokenizer_config(cfg):
     """The image tokenizer config in `model.image_tokenizer` (a one-line error without one)."""
     from mmntp_jax.tokenizers.io import _config_from, read_config
@@ -130,8 +127,8 @@ def image_slots(ids_BT, groups_BT, n: int, m: int):
 class PixelReader(nnx.Module):
     """x [B, T, D] → x plus the CNN's reading of the decoded context images."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, tc=None):
-        tc = tokenizer_config(cfg) if tc is None else tc
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        tc = tokenizer_config(cfg)
         self.grid = (tc.image_size // tc.factor,) * 2
         self.n = self.grid[0] * self.grid[1]
         self.feature_dim = tc.quantizer.code_dim

@@ -6,7 +6,7 @@ Parameter tree (HF Llama names, kernels [in, out], layers stacked on axis 0):
     embed_tokens.embedding [V, D]
     multi_modal_projector.{latents [V, F+1], kernel [F, D], bias [D]}  only with image_input=continuous
     image_reader.{norm, conv*, out_proj}  only with image_reader=conv (model/image_reader.py)
-    image_reader.{latents, tokenizer_decoder.*, encoder.*, norm, out_proj}  only with image_reader=pixels (model/pixel_reader.py)
+    image_reader.{latents, tokenizer_decoder.*, encoder.*, norm, out_proj, pool_norm, pool_proj}  only with image_reader=pixels (model/pixel_reader.py)
     layers.input_layernorm.weight [L, D]
     layers.self_attn.{q,k,v}_proj [L, D, heads, E], o_proj [L, H, E, D] (+ q_norm/k_norm)
     layers.post_attention_layernorm.weight [L, D]
