@@ -251,5 +251,5 @@ class Config:
 from mmntp_jax.config_checks import check_guard_keys, check_loss_weights, check_types, mesh_shape, validate  # noqa: E402,F401
 from mmntp_jax.config_load import (  # noqa: E402,F401
     DEFAULT_EXPERIMENT, apply_overrides, default_experiment_path, from_dict, load_config, load_experiment, load_json,
-    parse_loss_weights, parse_value, repo_experiment, to_dict, to_json,
+    parse_loss_weights, parse_value, repo_experiment, save_json, to_dict, to_json,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -155,8 +156,20 @@ def from_dict(cls, data: dict[str, Any]):
     return cls(**kwargs)
 
 
+def save_json(path, config: Config) -> None:
+    """Writes `config` to `path` (a workdir's config.json), the path-valued keys that lie in
+    the file's folder relative to it: `load_json` resolves them against wherever the folder is then."""
+    from mmntp_jax.paths import relative_config_paths
+
+    target = path if hasattr(path, "write_text") else Path(path)  # a pathlib or etils path
+    target.write_text(to_json(relative_config_paths(config, os.path.dirname(os.fspath(path)))))
+
+
 def load_json(path: str | Path) -> Config:
-    """The resolved config saved as JSON (a workdir's config.json); a damaged file is one ConfigError naming it."""
+    """The resolved config saved as JSON (a workdir's config.json), its relative path-valued keys
+    made absolute against the file's folder; a damaged file is one ConfigError naming it."""
+    from mmntp_jax.paths import has_scheme, resolve_config_paths
+
     try:
         data = json.loads(Path(path).read_text())
     except ValueError as err:  # bad JSON or bad UTF-8
@@ -164,8 +177,10 @@ def load_json(path: str | Path) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a JSON object of config sections, got {type(data).__name__}")
     try:
-        return from_dict(Config, data)
+        config = from_dict(Config, data)
     except ConfigError as err:
         raise ConfigError(f"config file {path}: {err}") from None
     except (TypeError, AttributeError) as err:  # a section that is not an object, a value of the wrong shape
         raise ConfigError(f"config file {path}: not a resolved config ({err})") from None
+    where = os.fspath(path)
+    return resolve_config_paths(config, os.path.dirname(where if has_scheme(where) else os.path.abspath(where)))

@@ -4,6 +4,10 @@ orbax and tensorstore refuse relative paths, and a relative path means something
 else once a process changes directory, so the CLI resolves every path argument
 (`resolve_path_args`), `load_config` resolves the path-valued config keys
 (`resolve_config_paths`) and the Python API resolves the workdirs it is given.
+A workdir's own config.json is the one place a relative path is stored: the
+keys that name files inside the workdir (its shards, its image tokenizer) are
+written relative to it and resolved against the folder the file is read from,
+so a moved or copied workdir still finds them (`relative_config_paths`).
 A path with a URL scheme (`gs://…`, `s3://…`, any `scheme://`) is left as it is;
 a local one is made absolute against the current directory, with `~` expanded.
 
@@ -41,14 +45,18 @@ def has_scheme(path: str) -> bool:
     return bool(_SCHEME.match(str(path)))
 
 
-def resolve_path(path):
-    """`path` made absolute (str), `~` expanded; URLs and empty values unchanged."""
+def resolve_path(path, base=None):
+    """`path` made absolute (str) against `base` (default: the current directory), `~` expanded;
+    URLs and empty values unchanged."""
     if path is None:
         return None
     text = os.fspath(path)
     if not text or has_scheme(text):
         return text
-    return os.path.abspath(os.path.expanduser(text))
+    text = os.path.expanduser(text)
+    if base is not None and has_scheme(os.fspath(base)) and not os.path.isabs(text):
+        return os.fspath(base).rstrip("/") + "/" + text
+    return os.path.abspath(os.path.join(os.fspath(base), text) if base is not None else text)
 
 
 def resolve_path_args(args) -> None:
@@ -61,38 +69,62 @@ def resolve_path_args(args) -> None:
             setattr(args, name, resolve_path(value))
 
 
-def resolve_config_paths(node):
-    """A copy of the config dataclass tree with every path-valued key made absolute."""
+def map_config_paths(node, fn):
+    """A copy of the config dataclass tree with `fn` applied to every path-valued key's value."""
     changes = {}
     for f in dataclasses.fields(node):
         value = getattr(node, f.name)
         if dataclasses.is_dataclass(value):
-            resolved = resolve_config_paths(value)
+            mapped = map_config_paths(value, fn)
         elif isinstance(value, tuple) and any(dataclasses.is_dataclass(v) or isinstance(v, tuple) for v in value) and not f.metadata.get("path"):
-            resolved = tuple(_resolve_nested(v) for v in value)  # e.g. a sweep's ((label, DataConfig), …)
+            mapped = tuple(_map_nested(v, fn) for v in value)  # e.g. a sweep's ((label, DataConfig), …)
         elif f.metadata.get("path") is True:
-            resolved = resolve_path(value)
+            mapped = fn(value)
         elif f.metadata.get("path") == "entries":
-            resolved = tuple(_resolve_entry(e) for e in value)
+            mapped = tuple(_map_entry(e, fn) for e in value)
         else:
             continue
-        if resolved != value:
-            changes[f.name] = resolved
+        if mapped != value:
+            changes[f.name] = mapped
     return dataclasses.replace(node, **changes) if changes else node
 
 
-def _resolve_nested(value):
+def _map_nested(value, fn):
     if dataclasses.is_dataclass(value):
-        return resolve_config_paths(value)
+        return map_config_paths(value, fn)
     if isinstance(value, tuple):
-        return tuple(_resolve_nested(v) for v in value)
+        return tuple(_map_nested(v, fn) for v in value)
     return value
 
 
-def _resolve_entry(entry):
+def _map_entry(entry, fn):
     if isinstance(entry, (tuple, list)) and len(entry) >= 3 and isinstance(entry[2], str):
-        return tuple(entry[:2]) + (resolve_path(entry[2]),) + tuple(entry[3:])
+        return tuple(entry[:2]) + (fn(entry[2]),) + tuple(entry[3:])
     return entry
+
+
+def resolve_config_paths(node, base=None):
+    """A copy of the config dataclass tree with every path-valued key made absolute against
+    `base` (default: the current directory)."""
+    return map_config_paths(node, lambda value: resolve_path(value, base))
+
+
+def relative_config_paths(node, folder):
+    """A copy of the config dataclass tree with every absolute path-valued key that lies inside
+    `folder` made relative to it; others unchanged. A workdir's config.json is written this way
+    (`config_load.save_json`) and read back against the folder it then lies in
+    (`config_load.load_json`), so a workdir can be moved or copied whole."""
+    if has_scheme(os.fspath(folder)):
+        return node
+    root = os.path.abspath(os.fspath(folder))
+
+    def relative(value):
+        if not value or has_scheme(value) or not os.path.isabs(value):
+            return value
+        path = os.path.abspath(value)
+        return os.path.relpath(path, root) if path == root or path.startswith(root.rstrip(os.sep) + os.sep) else value
+
+    return map_config_paths(node, relative)
 
 
 def inside(folder, name, *, root=None, what: str | None = None) -> Path:

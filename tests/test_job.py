@@ -75,6 +75,23 @@ def test_a_finished_job_reports_complete(job):
     assert (job / "job.json").read_text() == before
 
 
+def test_a_copied_workdir_finds_its_own_files(job, tmp_path):
+    """config.json names the workdir's shards and tokenizer relative to it: a copy evaluates,
+    samples and resumes from its own files, never the original's."""
+    import shutil
+
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(job, copy)
+    saved = (copy / "config.json").read_text()
+    assert str(job) not in saved and json.loads(saved)["data"]["path"] == "data/tokens"
+    assert load_config(str(copy / "config.json")).data.path == str(copy / "data/tokens")
+    printed = json.loads(mmntp("eval", "--workdir", copy, "--json").stdout.strip().splitlines()[-1])
+    assert np.isfinite(printed["loss"]) and printed["samples"] == str(copy / "samples/sheet.png")
+    assert mmntp("sample", "--workdir", copy, "--image", copy / "data/heldout/images/000000.png").stdout.strip()
+    err = mmntp("train", "--workdir", copy, *TINY_JOB).stderr
+    assert all(f"stage {s}: complete" in err for s in ("tokenizer", "data", "backbone", "evaluation", "sheet")), err
+
+
 @pytest.mark.slow
 def test_a_finished_job_trains_on_with_a_new_schedule_when_asked(tmp_path):
     workdir = tmp_path / "run"  # a job of its own: a workdir's config names its absolute paths

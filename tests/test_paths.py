@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mmntp_jax import cli
-from mmntp_jax.config import Config, DataConfig, load_config
-from mmntp_jax.paths import PATH_ARGS, resolve_config_paths, resolve_path, resolve_path_args
+from mmntp_jax.config import Config, DataConfig, ModelConfig, load_config, load_json, save_json
+from mmntp_jax.paths import PATH_ARGS, relative_config_paths, resolve_config_paths, resolve_path, resolve_path_args
 from mmntp_jax.scaling.sweep import SweepConfig
 
 EXPERIMENT = Path(__file__).with_name("cli_tiny_experiment.py")
@@ -39,6 +39,32 @@ def test_config_paths_resolved_everywhere(tmp_path, monkeypatch):
     assert sweep.base.data.path == str(tmp_path / "shards/a") and sweep.variants[0][1].path == str(tmp_path / "v")
     loaded = load_config(None, ["data.path=rel/shards"])
     assert loaded.data.path == str(tmp_path / "rel/shards")
+
+
+def test_a_workdir_config_names_its_own_files_relative_to_it(tmp_path):
+    """save_json writes the keys inside the workdir relative to it, load_json resolves them against
+    the folder the file is read from; paths outside the workdir, URLs and unset keys stay as they are."""
+    import shutil
+
+    workdir, outside = tmp_path / "wd", str(tmp_path / "data/train.jsonl")
+    config = Config(model=ModelConfig(image_tokenizer=str(workdir / "tokenizers/image")),
+                    data=DataConfig(source="mixture", path=str(workdir / "data/tokens"), manifest=outside, eval_manifest="",
+                                    mixture=(("stdlib", 0.5), ("shards", 0.5, str(workdir / "more")), ("shards", 1.0, "gs://b/s"))))
+    config = resolve_config_paths(config)
+    workdir.mkdir()
+    save_json(workdir / "config.json", config)
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["data"]["path"] == "data/tokens" and saved["model"]["image_tokenizer"] == os.path.join("tokenizers", "image")
+    assert saved["data"]["manifest"] == outside and saved["data"]["eval_manifest"] == ""
+    assert saved["data"]["mixture"][1][2] == "more" and saved["data"]["mixture"][2][2] == "gs://b/s"
+    assert load_json(workdir / "config.json") == config
+    moved = tmp_path / "elsewhere" / "wd2"
+    shutil.move(workdir, moved)
+    again = load_json(moved / "config.json")
+    assert again.data.path == str(moved / "data/tokens") and again.model.image_tokenizer == str(moved / "tokenizers/image")
+    assert again.data.manifest == outside and again.data.mixture[1][2] == str(moved / "more")
+    assert relative_config_paths(config, "gs://bucket/run") == config
+    assert resolve_path("a/b", "gs://bucket/run") == "gs://bucket/run/a/b" and resolve_path("/x", "gs://b") == "/x"
 
 
 def _all_actions():

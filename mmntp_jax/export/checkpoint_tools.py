@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmntp_jax.config import to_json
+from mmntp_jax.config import save_json
 from mmntp_jax.export.reader import CheckpointReader, open_for_output, unflatten
 from mmntp_jax.export.staging import staged_output
 
@@ -36,7 +36,7 @@ def write_params_workdir(folder, config, vocab, params, step: int, provenance_ex
     from mmntp_jax.paths import resolve_config_paths
 
     folder = Path(folder)
-    (folder / "config.json").write_text(to_json(resolve_config_paths(config)))  # path keys stored absolute
+    save_json(folder / "config.json", resolve_config_paths(config))  # paths outside the folder stored absolute
     (folder / "vocab.json").write_text(vocab.to_json())
     (folder / "provenance.json").write_text(json.dumps(provenance(provenance_extra), indent=2))
     device = jax.devices()[0]

@@ -226,14 +226,14 @@ def backbone_stage(config: Config, workdir: Path, log, profile_steps=None) -> St
 
 def run_captioned_job(config: Config, workdir, *, log=print, profile_steps=None) -> dict:
     """Runs the stages not yet complete; returns {"complete", "stages"}."""
-    from mmntp_jax.config import to_json
+    from mmntp_jax.config import save_json
     from mmntp_jax.train.backbone import check_workdir_config
 
     workdir = Path(workdir)
     check_workdir_config(workdir, backbone_config(config, workdir))  # the same job, or a RunConflict before any work
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "config.json").is_file():
-        (workdir / "config.json").write_text(to_json(backbone_config(config, workdir)))
+        save_json(workdir / "config.json", backbone_config(config, workdir))
     from mmntp_jax.job.report import evaluation_stage, sheet_stage
 
     steps = config.train.steps

@@ -61,10 +61,12 @@ def evaluate_and_save(run, log=print) -> dict:
 
 
 def multimodal_figures(run, log=print) -> dict:
-    """The step's evaluation figures, from eval/<step>.json or computed now."""
+    """The step's evaluation figures, from eval/<step>.json or computed now (`samples`: the sheet
+    of the workdir as it is now, wherever it was when the figures were saved)."""
     path = eval_dir(run.workdir) / f"{run.step}.json"
     if path.is_file():
-        return {k: v for k, v in json.loads(path.read_text()).items() if k != "step"}
+        saved = {k: v for k, v in json.loads(path.read_text()).items() if k != "step"}
+        return {**saved, "samples": str(Path(str(run.workdir)) / SHEET)}
     return {k: v for k, v in evaluate_and_save(run, log).items() if k != "step"}
 
 

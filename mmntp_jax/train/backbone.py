@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from mmntp_jax.config import Config, load_json, to_json
+from mmntp_jax.config import Config, load_json, save_json, to_json
 from mmntp_jax.data.global_batches import train_batches
 from mmntp_jax.data.pipeline import make_dataset
 from mmntp_jax.data.records import DataErrors, report_path
@@ -153,7 +153,7 @@ def write_run_files(workdir: epath.Path, config: Config, vocab, extra: dict) -> 
     if jax.process_index() != 0:
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(to_json(config))
+    save_json(workdir / "config.json", config)
     (workdir / "vocab.json").write_text(vocab.to_json())
     (workdir / "provenance.json").write_text(json.dumps(provenance(extra), indent=2))
     if config.data.source == "shards":  # a BPE the shards were tokenized with becomes the run's text tokenizer
