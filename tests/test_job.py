@@ -188,7 +188,7 @@ def test_sample_draws_and_captions(job, capsys):
     assert path.suffix == ".png" and np.asarray(Image.open(path)).shape == (32, 32, 3)
     drawn = json.loads((job / "s" / "samples.jsonl").read_text().splitlines()[-1])
     job_config = load_config(str(job / "config.json")).job
-    assert (drawn["temperature"], drawn["guidance"]) == (job_config.temperature, job_config.guidance) == (1.0, 3.0)  # as the evaluation draws
+    assert (drawn["temperature"], drawn["guidance"]) == (job_config.temperature, job_config.guidance) == (1.0, 2.0)  # as the evaluation draws
     assert cli.main(["sample", "--workdir", str(job), "--image", str(job / "data/heldout/images/000000.png"), "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip() != ""
 
@@ -250,3 +250,22 @@ def test_small_sets_keep_a_held_out_document():
     assert not eval_mask(30, 0.0).any()
     big = eval_mask(10_000, 0.02)
     assert 150 < big.sum() < 250
+
+
+def test_the_drawing_sweep_reproduces_the_evaluation_and_scores_other_settings(job):
+    """tools/probes/drawing_sweep.py with the job's own sampling gives the saved image_agreement
+    and classifier_accuracy exactly; another setting is scored by the same judge."""
+    saved = json.loads((job / "eval/4.json").read_text())
+    settings = json.loads((job / "config.json").read_text())["job"]
+    own = f"temperature={settings['temperature']},guidance={settings['guidance']}"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    tool = Path(__file__).parents[1] / "tools/probes/drawing_sweep.py"
+    done = subprocess.run([sys.executable, tool, "--workdir", job, "--sampling", own, "--sampling", "temperature=1,top_k=5"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ceiling, first, other = [json.loads(line) for line in done.stdout.strip().splitlines()[-3:]]
+    assert ceiling["classifier_accuracy"] == saved["classifier_accuracy"] and ceiling["eval_items"] == saved["eval_items"]
+    assert first["image_agreement"] == saved["image_agreement"] and first["image_agreement_colour"] == saved["image_agreement_colour"]
+    assert other["top_k"] == 5 and 0.0 <= other["image_agreement"] <= 1.0
+    bad = subprocess.run([sys.executable, tool, "--workdir", job, "--sampling", "temprature=1"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "'temprature=1' is not KEY=VALUE with KEY one of temperature, top_k, top_p, guidance" in bad.stderr
