@@ -75,6 +75,19 @@ def test_a_finished_job_reports_complete(job):
     assert (job / "job.json").read_text() == before
 
 
+def test_a_finished_job_takes_other_sampling_settings_without_a_conflict(job, tmp_path):
+    """job.guidance and job.temperature only steer drawings: a finished workdir made with other
+    values reports every stage complete and keeps its own settings and evaluation."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(job, copy)
+    before = {name: (copy / name).read_text() for name in ("config.json", "job.json", "eval/4.json")}
+    err = mmntp("train", "--workdir", copy, *TINY_JOB, "--set", "job.guidance=1.5", "--set", "job.temperature=0.5").stderr
+    assert all(f"stage {s}: complete" in err for s in ("tokenizer", "data", "backbone", "evaluation", "sheet")), err
+    assert {name: (copy / name).read_text() for name in before} == before
+
+
 def test_a_copied_workdir_finds_its_own_files(job, tmp_path):
     """config.json names the workdir's shards and tokenizer relative to it: a copy evaluates,
     samples and resumes from its own files, never the original's."""

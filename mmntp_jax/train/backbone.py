@@ -40,8 +40,10 @@ from mmntp_jax.train.resume_check import RunSpec, check_resume, flatten
 from mmntp_jax.train.step import StepBuilder, summarize
 
 # Keys that may differ between the saved config.json and a resumed run (the schedule's
-# keys, train.steps among them, follow resume_check's rule).
-RESUMABLE_CHANGES = ("model.scan_layers", "data.on_error", "train.cpu_devices", "job.generate_batch", "job.sheet_items", "train.progress", "train.compilation_cache", "train.peak_flops", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
+# keys, train.steps among them, follow resume_check's rule). The job's sampling keys only
+# steer drawings: a finished run keeps the evaluation it made with its own.
+RESUMABLE_CHANGES = ("model.scan_layers", "data.on_error", "train.cpu_devices", "job.generate_batch", "job.sheet_items",
+                     "job.guidance", "job.temperature", "train.progress", "train.compilation_cache", "train.peak_flops", "train.log_every", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save")
 
 
 def code_latent_params(params: dict, model, vocab) -> dict:
