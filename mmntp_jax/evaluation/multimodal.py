@@ -34,6 +34,13 @@ def _fitted(run, paths) -> np.ndarray:
     return np.stack([run.media.fit("image", p, str(p)) for p in paths])
 
 
+def draw(run, captions, *, batch_size: int = 64, **sampling) -> np.ndarray:
+    """The images `[N, H, W, C]` the run draws for `captions` (prompt: the caption then `<boi>`),
+    seed 0; `sampling`: `generate`'s temperature, top_k, top_p, guidance."""
+    drawn = generate(run, [[{"type": "text", "text": c}, {"type": "image"}] for c in captions], batch_size=batch_size, seed=0, **sampling)
+    return np.stack([d["image"] for d in drawn])
+
+
 def evaluate_run(run, train_manifest, heldout_manifest, *, limit: int = 0, classifier_items: int = 0, classifier_steps: int = 0,
                  batch_size: int = 64, guidance: float = 1.0, temperature: float = 0.0) -> tuple[dict, dict]:
     """(figures, artefacts {"real", "drawn", "references", "captions"}) over the first
@@ -47,9 +54,7 @@ def evaluate_run(run, train_manifest, heldout_manifest, *, limit: int = 0, class
     captioned = generate(run, [[{"type": "image", "array": x}, {"type": "text"}] for x in real],
                          max_new_tokens=longest + CAPTION_SLACK, batch_size=batch_size)
     captions = [c["text"].strip() for c in captioned]
-    drawn = generate(run, [[{"type": "text", "text": r}, {"type": "image"}] for r in references], batch_size=batch_size, guidance=guidance,
-                     temperature=temperature, seed=0)
-    drawn = np.stack([d["image"] for d in drawn])
+    drawn = draw(run, references, batch_size=batch_size, guidance=guidance, temperature=temperature)
     train_paths, train_captions = training_pairs(train_manifest, limit=classifier_items)
     figures = {"eval_items": len(references), **caption_accuracy(captions, references, train_references=train_captions)}
     config = ClassifierConfig(steps=classifier_steps) if classifier_steps else None

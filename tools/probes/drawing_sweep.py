@@ -54,10 +54,9 @@ def sweep(workdir, settings: list[dict], log=print) -> list[dict]:
     """The judge's ceiling, then image_agreement per setting, as dicts (also logged as JSON lines)."""
     import mmntp_jax
     from mmntp_jax.evaluation.classifier import ClassifierConfig
-    from mmntp_jax.evaluation.multimodal import _fitted
+    from mmntp_jax.evaluation.multimodal import _fitted, draw
     from mmntp_jax.evaluation.pairs import heldout_pairs, training_pairs
     from mmntp_jax.evaluation.scores import agreement, image_scheme, train_judge
-    from mmntp_jax.generation.sample import generate
     from mmntp_jax.job.captioned import heldout_manifest, train_manifest
 
     run = mmntp_jax.load(workdir)
@@ -76,10 +75,8 @@ def sweep(workdir, settings: list[dict], log=print) -> list[dict]:
     rows = [{"step": run.step, "eval_items": len(references), "classifier_accuracy": float(np.mean(list(ceiling.values()))),
              **{f"classifier_accuracy_{k}": v for k, v in ceiling.items()}, "judge_seconds": round(time.perf_counter() - start, 1)}]
     log(json.dumps(rows[0]))
-    prompts = [[{"type": "text", "text": r}, {"type": "image"}] for r in references]
     for setting in settings:
-        drawn = generate(run, prompts, batch_size=job.generate_batch, seed=0, **setting)
-        per_head = agreement(judge, np.stack([d["image"] for d in drawn]), references)
+        per_head = agreement(judge, draw(run, references, batch_size=job.generate_batch, **setting), references)
         rows.append({**setting, "image_agreement": float(np.mean(list(per_head.values()))),
                      **{f"image_agreement_{k}": v for k, v in per_head.items()}})
         log(json.dumps(rows[-1]))
