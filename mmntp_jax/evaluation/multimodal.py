@@ -30,7 +30,8 @@ from mmntp_jax.evaluation.pairs import heldout_pairs, training_pairs
 CAPTION_SLACK = 8  # tokens allowed beyond the longest reference caption
 
 
-def _fitted(run, paths) -> np.ndarray:
+def fitted_images(run, paths) -> np.ndarray:
+    """The images `[N, H, W, C]` at `paths`, fitted to the run's image tokenizer (size, channels)."""
     return np.stack([run.media.fit("image", p, str(p)) for p in paths])
 
 
@@ -49,7 +50,7 @@ def evaluate_run(run, train_manifest, heldout_manifest, *, limit: int = 0, class
     paths, references = heldout_pairs(heldout_manifest)
     if limit:
         paths, references = paths[:limit], references[:limit]
-    real = _fitted(run, paths)
+    real = fitted_images(run, paths)
     longest = max(len(run.tokenizer.encode(" " + r)) for r in references)
     captioned = generate(run, [[{"type": "image", "array": x}, {"type": "text"}] for x in real],
                          max_new_tokens=longest + CAPTION_SLACK, batch_size=batch_size)
@@ -58,5 +59,5 @@ def evaluate_run(run, train_manifest, heldout_manifest, *, limit: int = 0, class
     train_paths, train_captions = training_pairs(train_manifest, limit=classifier_items)
     figures = {"eval_items": len(references), **caption_accuracy(captions, references, train_references=train_captions)}
     config = ClassifierConfig(steps=classifier_steps) if classifier_steps else None
-    figures.update(evaluate_images(_fitted(run, train_paths), train_captions, real, references, drawn, config=config))
+    figures.update(evaluate_images(fitted_images(run, train_paths), train_captions, real, references, drawn, config=config))
     return figures, {"real": real, "drawn": drawn, "references": references, "captions": captions}

@@ -54,7 +54,7 @@ def sweep(workdir, settings: list[dict], log=print) -> list[dict]:
     """The judge's ceiling, then image_agreement per setting, as dicts (also logged as JSON lines)."""
     import mmntp_jax
     from mmntp_jax.evaluation.classifier import ClassifierConfig
-    from mmntp_jax.evaluation.multimodal import _fitted, draw
+    from mmntp_jax.evaluation.multimodal import draw, fitted_images
     from mmntp_jax.evaluation.pairs import heldout_pairs, training_pairs
     from mmntp_jax.evaluation.scores import agreement, image_scheme, train_judge
     from mmntp_jax.job.captioned import heldout_manifest, train_manifest
@@ -70,8 +70,8 @@ def sweep(workdir, settings: list[dict], log=print) -> list[dict]:
     scheme = image_scheme(list(train_captions) + list(references))  # as the evaluation chooses it
     if scheme is None:
         raise ValueError(f"{workdir}: its captions are free text; image_agreement needs captions with classes to judge by")
-    judge = train_judge(_fitted(run, train_paths), train_captions, scheme=scheme, config=config)
-    ceiling = agreement(judge, _fitted(run, paths), references)
+    judge = train_judge(fitted_images(run, train_paths), train_captions, scheme=scheme, config=config)
+    ceiling = agreement(judge, fitted_images(run, paths), references)
     rows = [{"step": run.step, "eval_items": len(references), "classifier_accuracy": float(np.mean(list(ceiling.values()))),
              **{f"classifier_accuracy_{k}": v for k, v in ceiling.items()}, "judge_seconds": round(time.perf_counter() - start, 1)}]
     log(json.dumps(rows[0]))
