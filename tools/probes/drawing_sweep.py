@@ -17,8 +17,9 @@ A setting of `job.temperature` and `job.guidance` reproduces the workdir's
 `image_agreement` exactly.
 
 Prints one JSON line with the judge's accuracy on the real held-out images (the
-ceiling), then one per setting: the setting, `image_agreement` and its value
-per attribute.
+ceiling), then one per setting: the setting, `image_agreement` and, with more
+than one attribute, its value per attribute — scored by the evaluation's own
+`evaluation.scores.evaluate_images`, with the one judge.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import json
 import sys
 import time
 
-import numpy as np
 
 KEYS = {"temperature": float, "top_k": int, "top_p": float, "guidance": float}
 
@@ -56,7 +56,7 @@ def sweep(workdir, settings: list[dict], log=print) -> list[dict]:
     from mmntp_jax.evaluation.classifier import ClassifierConfig
     from mmntp_jax.evaluation.multimodal import draw, fitted_images
     from mmntp_jax.evaluation.pairs import heldout_pairs, training_pairs
-    from mmntp_jax.evaluation.scores import agreement, image_scheme, train_judge
+    from mmntp_jax.evaluation.scores import evaluate_images, image_scheme, train_judge
     from mmntp_jax.job.captioned import heldout_manifest, train_manifest
 
     run = mmntp_jax.load(workdir)
@@ -71,14 +71,15 @@ def sweep(workdir, settings: list[dict], log=print) -> list[dict]:
     if scheme is None:
         raise ValueError(f"{workdir}: its captions are free text; image_agreement needs captions with classes to judge by")
     judge = train_judge(fitted_images(run, train_paths), train_captions, scheme=scheme, config=config)
-    ceiling = agreement(judge, fitted_images(run, paths), references)
-    rows = [{"step": run.step, "eval_items": len(references), "classifier_accuracy": float(np.mean(list(ceiling.values()))),
-             **{f"classifier_accuracy_{k}": v for k, v in ceiling.items()}, "judge_seconds": round(time.perf_counter() - start, 1)}]
+    real = fitted_images(run, paths)
+    score = lambda drawn, prefix: {k: v for k, v in evaluate_images(None, train_captions, real, references, drawn, judge=judge).items()
+                                   if k.startswith(prefix)}
+    rows = [{"step": run.step, "eval_items": len(references), **score(None, "classifier_accuracy"),
+             "judge_seconds": round(time.perf_counter() - start, 1)}]
     log(json.dumps(rows[0]))
     for setting in settings:
-        per_head = agreement(judge, draw(run, references, batch_size=job.generate_batch, **setting), references)
-        rows.append({**setting, "image_agreement": float(np.mean(list(per_head.values()))),
-                     **{f"image_agreement_{k}": v for k, v in per_head.items()}})
+        drawn = draw(run, references, batch_size=job.generate_batch, **setting)
+        rows.append({**setting, **score(drawn, "image_agreement")})
         log(json.dumps(rows[-1]))
     return rows
 
